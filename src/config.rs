@@ -1,0 +1,721 @@
+//! Configuration: the YAML file, its command-line and environment overrides, and validation.
+//!
+//! Loading is two passes. serde (via `serde-saphyr`) turns the text into raw structs whose leaves
+//! carry their line numbers; `validate` then checks every field and collects *every* problem
+//! with its file, line and field path, so an operator fixes a bad file in one round. Only a
+//! fully valid file becomes a [`Config`]; on reload the old one stays in force otherwise.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::codec::Limits;
+use crate::policy::{PolicyConfig, RawPolicy};
+
+/// Exit status for a configuration the proxy refuses (`EX_CONFIG` from sysexits is 78, but the
+/// brief and most sidecars use `EX_USAGE`, 64).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// One thing wrong with a configuration, located as precisely as the source allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// File name, `--flag` or `$ENV` the value came from.
+    pub source: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<u64>,
+    /// Dotted field path, such as `upstream.url`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}: {}", self.source, l, self.field, self.message),
+            None => write!(f, "{}: {}: {}", self.source, self.field, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems for one source while validating.
+pub struct Problems<'a> {
+    source: &'a str,
+    list: Vec<Problem>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(source: &'a str) -> Self {
+        Problems {
+            source,
+            list: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, line: Option<u64>, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            source: self.source.to_string(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn at<T>(&mut self, v: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.add(Some(v.referenced.line()), field, message);
+    }
+
+    pub fn into_result<T>(self, v: T) -> Result<T, ConfigErrors> {
+        if self.list.is_empty() {
+            Ok(v)
+        } else {
+            Err(ConfigErrors(self.list))
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file shape
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    limits: RawLimits,
+    shutdown_grace: Option<Spanned<String>>,
+    workers: Option<Spanned<u64>>,
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_clients: Option<Spanned<u64>>,
+    max_bulk_len: Option<Spanned<String>>,
+    max_multibulk_len: Option<Spanned<u64>>,
+    max_depth: Option<Spanned<u64>>,
+    max_buffered_bytes: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+
+/// Where respguard forwards to.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub addr: UpstreamAddr,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub db: u32,
+    pub connect_timeout: Duration,
+    /// Zero disables it: blocking commands may legitimately wait forever.
+    pub read_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub upstream: UpstreamConfig,
+    pub limits: Limits,
+    pub max_clients: usize,
+    /// Most bytes buffered for one client in any direction before it is cut off.
+    pub max_buffered_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub workers: usize,
+    pub policy: Option<PolicyConfig>,
+    /// The file this came from, for reloads.
+    pub path: Option<PathBuf>,
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<(String, String)>,
+    pub upstream: Option<(String, String)>,
+    pub admin: Option<(String, String)>,
+    /// `RESPGUARD_UPSTREAM_PASSWORD`.
+    pub upstream_password: Option<String>,
+}
+
+impl Overrides {
+    /// Reads `RESPGUARD_*` variables; flags given later replace them.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().map(|v| (format!("${name}"), v));
+        Overrides {
+            listen: var("RESPGUARD_LISTEN"),
+            upstream: var("RESPGUARD_UPSTREAM"),
+            admin: var("RESPGUARD_ADMIN"),
+            upstream_password: std::env::var("RESPGUARD_UPSTREAM_PASSWORD").ok(),
+        }
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
+const DEFAULT_UPSTREAM: &str = "redis://127.0.0.1:6379";
+
+impl Config {
+    /// Reads and validates a file, then applies overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Problem {
+                source: source.clone(),
+                line: None,
+                field: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        let mut cfg = Config::parse(&text, &source, overrides)?;
+        cfg.path = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses YAML text; `source` names it in problems.
+    pub fn parse(text: &str, source: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let line = e.location().map(|l| l.line());
+                ConfigErrors(vec![Problem {
+                    source: source.to_string(),
+                    line,
+                    field: "(yaml)".into(),
+                    message: first_line(&e.to_string()),
+                }])
+            })?
+        };
+        validate(raw, source, overrides)
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
+}
+
+/// Parses `1h`, `30m`, `15s`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (use e.g. 500ms, 30s, 15m, 2h, 7d)"))?;
+    let mult_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(mult_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// Parses `512mb`, `64kb`, `1gb` or a bare number of bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 64kb, 512mb, 1gb)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1024,
+        "m" | "mb" => 1024 * 1024,
+        "g" | "gb" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use b, kb, mb or gb)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses an upstream URL: `redis://[user[:password]@]host:port[/db]` or `unix:///path.sock`.
+pub fn parse_upstream_url(
+    url: &str,
+) -> Result<(UpstreamAddr, Option<String>, Option<Secret>, u32), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        format!(
+            "{:?} is not a URL (expected redis://host:port)",
+            redact_url(url)
+        )
+    })?;
+    match scheme {
+        "redis" => {}
+        "rediss" => {
+            return Err("rediss:// (TLS) is not supported yet: use redis:// or unix://".into())
+        }
+        "unix" | "redis+unix" => {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() || !path.starts_with('/') {
+                return Err(
+                    "unix:// URL needs an absolute socket path (unix:///run/redis.sock)".into(),
+                );
+            }
+            return Ok((UpstreamAddr::Unix(PathBuf::from(path)), None, None, 0));
+        }
+        other => {
+            return Err(format!(
+                "unsupported URL scheme {other:?} (use redis:// or unix://)"
+            ))
+        }
+    }
+    let (userinfo, hostpart) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (user, pass) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (
+                (!user.is_empty()).then(|| percent_decode(user)),
+                Some(Secret(percent_decode(pass))),
+            ),
+            None => ((!u.is_empty()).then(|| percent_decode(u)), None),
+        },
+    };
+    let (hostport, db) = match hostpart.split_once('/') {
+        Some((hp, db)) if !db.is_empty() => {
+            let db: u32 = db
+                .parse()
+                .map_err(|_| format!("database {db:?} in the URL is not a number"))?;
+            (hp, db)
+        }
+        Some((hp, _)) => (hp, 0),
+        None => (hostpart, 0),
+    };
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        // [::1]:6379
+        let (h, p) = h
+            .split_once(']')
+            .ok_or_else(|| "unterminated IPv6 address in the URL".to_string())?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (hostport.to_string(), ""),
+        }
+    };
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    let port: u16 = if port.is_empty() {
+        6379
+    } else {
+        port.parse()
+            .map_err(|_| format!("port {port:?} in the URL is not a number from 1 to 65535"))?
+    };
+    Ok((UpstreamAddr::Tcp { host, port }, user, pass, db))
+}
+
+/// The URL with any password replaced, for error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((u, _)) => format!("{}{}:***{}", &url[..s + 3], u, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address (expected host:port, like 0.0.0.0:6380)"))
+}
+
+fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigErrors> {
+    let mut p = Problems::new(source);
+
+    // Each value is checked where it came from: a flag or variable names itself as the source.
+    let addr_field = |field: &str,
+                      file_val: &Option<Spanned<String>>,
+                      ov_val: &Option<(String, String)>,
+                      default: Option<&str>,
+                      p: &mut Problems<'_>|
+     -> Option<SocketAddr> {
+        if let Some((src, v)) = ov_val {
+            return match parse_addr(v) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    p.list.push(Problem {
+                        source: src.clone(),
+                        line: None,
+                        field: field.into(),
+                        message: e,
+                    });
+                    None
+                }
+            };
+        }
+        match file_val {
+            Some(v) => match parse_addr(&v.value) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    p.at(v, field, e);
+                    None
+                }
+            },
+            None => default.and_then(|d| parse_addr(d).ok()),
+        }
+    };
+    let listen = addr_field(
+        "listen",
+        &raw.listen,
+        &ov.listen,
+        Some(DEFAULT_LISTEN),
+        &mut p,
+    );
+    let admin = addr_field("admin", &raw.admin, &ov.admin, None, &mut p);
+
+    let up = raw.upstream.unwrap_or_default();
+    let (url_src, url_line, url) = match (&ov.upstream, &up.url) {
+        (Some((src, v)), _) => (src.clone(), None, v.clone()),
+        (None, Some(v)) => (
+            source.to_string(),
+            Some(v.referenced.line()),
+            v.value.clone(),
+        ),
+        (None, None) => (source.to_string(), None, DEFAULT_UPSTREAM.to_string()),
+    };
+    let parsed_url = match parse_upstream_url(&url) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            p.list.push(Problem {
+                source: url_src,
+                line: url_line,
+                field: "upstream.url".into(),
+                message: e,
+            });
+            None
+        }
+    };
+    let mut file_password = None;
+    if let Some(pf) = &up.password_file {
+        match std::fs::read_to_string(&pf.value) {
+            // Kubernetes secrets often end with a newline the password does not contain.
+            Ok(s) => file_password = Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
+            Err(e) => p.at(
+                pf,
+                "upstream.password_file",
+                format!("cannot read {:?}: {e}", pf.value),
+            ),
+        }
+    }
+    let duration =
+        |v: &Option<Spanned<String>>, field: &str, default: Duration, p: &mut Problems<'_>| match v
+        {
+            None => default,
+            Some(s) => parse_duration(&s.value).unwrap_or_else(|e| {
+                p.at(s, field, e);
+                default
+            }),
+        };
+    let connect_timeout = duration(
+        &up.connect_timeout,
+        "upstream.connect_timeout",
+        Duration::from_secs(1),
+        &mut p,
+    );
+    if connect_timeout.is_zero() {
+        if let Some(s) = &up.connect_timeout {
+            p.at(s, "upstream.connect_timeout", "must be greater than zero");
+        }
+    }
+    let read_timeout = duration(
+        &up.read_timeout,
+        "upstream.read_timeout",
+        Duration::ZERO,
+        &mut p,
+    );
+    let shutdown_grace = duration(
+        &raw.shutdown_grace,
+        "shutdown_grace",
+        Duration::from_secs(10),
+        &mut p,
+    );
+
+    let mut limits = Limits::default();
+    let l = &raw.limits;
+    let mut max_clients = 10_000usize;
+    if let Some(v) = &l.max_clients {
+        if v.value == 0 {
+            p.at(v, "limits.max_clients", "must be at least 1");
+        }
+        max_clients = v.value as usize;
+    }
+    if let Some(v) = &l.max_bulk_len {
+        match parse_size(&v.value) {
+            Ok(0) => p.at(v, "limits.max_bulk_len", "must be greater than zero"),
+            Ok(n) => limits.max_bulk_len = n,
+            Err(e) => p.at(v, "limits.max_bulk_len", e),
+        }
+    }
+    if let Some(v) = &l.max_multibulk_len {
+        if v.value == 0 {
+            p.at(v, "limits.max_multibulk_len", "must be at least 1");
+        }
+        limits.max_multibulk_len = v.value as usize;
+    }
+    if let Some(v) = &l.max_depth {
+        if v.value == 0 || v.value > 4096 {
+            p.at(v, "limits.max_depth", "must be between 1 and 4096");
+        }
+        limits.max_depth = v.value as usize;
+    }
+    let mut max_buffered_bytes = 1024 * 1024 * 1024;
+    if let Some(v) = &l.max_buffered_bytes {
+        match parse_size(&v.value) {
+            Ok(n) if n < 64 * 1024 => p.at(v, "limits.max_buffered_bytes", "must be at least 64kb"),
+            Ok(n) => max_buffered_bytes = n,
+            Err(e) => p.at(v, "limits.max_buffered_bytes", e),
+        }
+    }
+    let workers = match &raw.workers {
+        Some(v) if v.value == 0 || v.value > 256 => {
+            p.at(v, "workers", "must be between 1 and 256");
+            1
+        }
+        Some(v) => v.value as usize,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+
+    let policy = raw.policy.map(|rp| crate::policy::validate(rp, &mut p));
+
+    let password = ov.upstream_password.clone().map(Secret).or(file_password);
+
+    if !p.is_empty() {
+        return Err(ConfigErrors(p.list));
+    }
+    let (addr, username, url_password, db) = match parsed_url {
+        Some(v) => v,
+        None => return Err(ConfigErrors(p.list)),
+    };
+    let (Some(listen), policy) = (listen, policy.flatten()) else {
+        return Err(ConfigErrors(p.list));
+    };
+    Ok(Config {
+        listen,
+        admin,
+        upstream: UpstreamConfig {
+            addr,
+            username,
+            password: password.or(url_password),
+            db,
+            connect_timeout,
+            read_timeout,
+        },
+        limits,
+        max_clients,
+        max_buffered_bytes,
+        shutdown_grace,
+        workers,
+        policy,
+        path: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("1 fortnight").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("512mb").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_size("64KB").unwrap(), 64 * 1024);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let (a, u, p, db) = parse_upstream_url("redis://app:s3cr%40t@10.0.0.1:6390/2").unwrap();
+        assert_eq!(
+            a,
+            UpstreamAddr::Tcp {
+                host: "10.0.0.1".into(),
+                port: 6390
+            }
+        );
+        assert_eq!(u.as_deref(), Some("app"));
+        assert_eq!(p.unwrap().0, "s3cr@t");
+        assert_eq!(db, 2);
+        let (a, u, p, db) = parse_upstream_url("redis://:pw@localhost").unwrap();
+        assert_eq!(
+            a,
+            UpstreamAddr::Tcp {
+                host: "localhost".into(),
+                port: 6379
+            }
+        );
+        assert!(u.is_none());
+        assert_eq!(p.unwrap().0, "pw");
+        assert_eq!(db, 0);
+        let (a, ..) = parse_upstream_url("unix:///run/redis.sock").unwrap();
+        assert_eq!(a, UpstreamAddr::Unix("/run/redis.sock".into()));
+        let e = parse_upstream_url("rediss://h:1").unwrap_err();
+        assert!(
+            e.contains("TLS not supported") || e.contains("not supported yet"),
+            "{e}"
+        );
+        assert!(parse_upstream_url("redis://h:notaport").is_err());
+        assert!(parse_upstream_url("http://h:1").is_err());
+        assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_line() {
+        let text = "listen: nowhere\nadmin: 127.0.0.1:9090\nupstream:\n  url: rediss://x:1\n  connect_timeout: 5 parsecs\nlimits:\n  max_bulk_len: huge\n";
+        let err = Config::parse(text, "bad.yaml", &Overrides::default()).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
+        assert!(lines.contains(&(Some(1), "listen")), "{err}");
+        assert!(lines.contains(&(Some(4), "upstream.url")), "{err}");
+        assert!(
+            lines.contains(&(Some(5), "upstream.connect_timeout")),
+            "{err}"
+        );
+        assert!(lines.contains(&(Some(7), "limits.max_bulk_len")), "{err}");
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_line() {
+        let err = Config::parse(
+            "listen: 127.0.0.1:1\nlisen: x\n",
+            "t.yaml",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, Some(2), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_and_are_named() {
+        let ov = Overrides {
+            listen: Some(("--listen".into(), "127.0.0.1:7000".into())),
+            upstream: Some(("--upstream".into(), "bogus".into())),
+            ..Default::default()
+        };
+        let err = Config::parse("listen: 127.0.0.1:1\n", "t.yaml", &ov).unwrap_err();
+        assert_eq!(err.0[0].source, "--upstream");
+        let ov = Overrides {
+            listen: Some(("--listen".into(), "127.0.0.1:7000".into())),
+            upstream_password: Some("pw".into()),
+            ..Default::default()
+        };
+        let cfg = Config::parse("upstream:\n  url: redis://:other@h:1\n", "t.yaml", &ov).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.upstream.password, Some(Secret("pw".into())));
+        assert_eq!(format!("{:?}", cfg.upstream.password), "Some(<redacted>)");
+    }
+}

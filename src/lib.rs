@@ -1,0 +1,32 @@
+//! respguard: a RESP (Redis protocol) sidecar proxy that enforces a cache policy.
+//!
+//! Modules in the order a command flows through them:
+//!
+//! - [`listener`]: accepts clients, enforces the client limit, drains on shutdown; [`Proxy`]
+//!   is the handle to a running proxy.
+//! - [`connection`]: one task per client; batches reads and writes, pairs replies with
+//!   commands, tracks connection state (RESP3, pub/sub, MULTI, MONITOR).
+//! - [`codec`]: bounded, non-recursive scanning of RESP requests and replies.
+//! - [`command`]: the command table: one row per Redis command with its key positions,
+//!   read/write flags and TTL-bearing arguments.
+//! - [`policy`]: the policy stages, returning a [`policy::Verdict`] per command.
+//! - [`upstream`]: the per-client connection to Redis and the proxy's handshake.
+//! - [`metrics`]: counters and histograms, recorded once per command after its reply.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
+//! - [`config`]: the YAML file, overrides, validation with every problem located.
+//! - [`reload`]: applying a changed configuration without a restart.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod codec;
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod metrics;
+pub mod policy;
+pub mod reload;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::Proxy;

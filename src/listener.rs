@@ -1,0 +1,211 @@
+//! The listener: accepts clients, enforces the client limit, spawns a connection task per
+//! client, and drains them on shutdown. [`Proxy`] is the running proxy's handle, used by
+//! `main` and by the integration tests alike.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+
+/// State shared by every connection of one proxy.
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    policy: RwLock<Option<Arc<Policy>>>,
+    /// Bumped on every reload; connections compare it (one atomic load per read) to pick up a
+    /// new policy between batches, so a switch is atomic per command.
+    policy_gen: AtomicU64,
+    pub metrics: Metrics,
+    clients: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        let policy = config.policy.clone();
+        Shared {
+            config: RwLock::new(Arc::new(config)),
+            policy: RwLock::new(policy),
+            policy_gen: AtomicU64::new(0),
+            metrics: Metrics::new(),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn policy(&self) -> Option<Arc<Policy>> {
+        match self.policy.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_gen.load(Ordering::Acquire)
+    }
+
+    /// Installs a new, already validated configuration. Addresses and limits that need a
+    /// restart keep their old values; the policy switches for commands read from now on.
+    pub fn install(&self, new: Config) {
+        let old = self.config();
+        if new.listen != old.listen || new.admin != old.admin || new.upstream != old.upstream {
+            tracing::warn!("listen, admin and upstream changes take effect only after a restart");
+        }
+        let policy = new.policy.clone();
+        let mut merged = new;
+        merged.listen = old.listen;
+        merged.admin = old.admin;
+        merged.upstream = old.upstream.clone();
+        match self.config.write() {
+            Ok(mut g) => *g = Arc::new(merged),
+            Err(p) => *p.into_inner() = Arc::new(merged),
+        }
+        match self.policy.write() {
+            Ok(mut g) => *g = policy,
+            Err(p) => *p.into_inner() = policy,
+        }
+        self.policy_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub local_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts serving. Fails only if binding fails.
+    pub async fn start(config: Config) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let admin_listener = match config.admin {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared::new(config));
+        let (shutdown, rx) = watch::channel(false);
+        if let Some(l) = admin_listener {
+            tokio::spawn(admin::serve(l, shared.clone(), rx.clone()));
+        }
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
+        tracing::info!(%local_addr, admin = ?admin_addr, "respguard listening");
+        Ok(Proxy {
+            local_addr,
+            admin_addr,
+            shared,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops accepting, lets connections deliver their outstanding replies, and returns once
+    /// they are done or `grace` has passed.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(_) => tracing::info!("all connections drained"),
+            Err(_) => tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "grace period over; closing remaining connections"
+            ),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Every connection task holds a sender; when all are dropped, draining is complete.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let upkeep = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                shared.metrics.upkeep();
+            }
+        })
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => admit(stream, peer, &shared, &shutdown, &done_tx),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    drop(done_tx);
+    tracing::info!(
+        clients = shared.client_count(),
+        "shutting down: draining connections"
+    );
+    let _ = done_rx.recv().await;
+    upkeep.abort();
+}
+
+fn admit(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+    done: &mpsc::Sender<()>,
+) {
+    let max = shared.config().max_clients;
+    let n = shared.clients.fetch_add(1, Ordering::AcqRel);
+    if n >= max {
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.connections_refused.increment(1);
+        tracing::debug!(%peer, "max clients reached");
+        tokio::spawn(async move {
+            let _ = stream
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+        });
+        return;
+    }
+    shared.metrics.connections_total.increment(1);
+    shared.metrics.client_connections.increment(1.0);
+    let shared = shared.clone();
+    let shutdown = shutdown.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        crate::connection::serve(stream, shared.clone(), shutdown).await;
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.client_connections.decrement(1.0);
+        drop(done);
+    });
+}

@@ -1,0 +1,182 @@
+//! The `respguard` binary: parse flags, load the configuration, bind, serve, drain on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use respguard::config::{Config, Overrides, EXIT_BAD_CONFIG};
+use respguard::{reload, Proxy};
+
+const USAGE: &str = "\
+respguard: a policy-enforcing Redis (RESP) sidecar proxy
+
+USAGE:
+    respguard --config FILE [--listen ADDR] [--upstream URL] [--admin ADDR]
+    respguard --check-config FILE
+
+OPTIONS:
+    --config FILE         YAML configuration (see config/example.yaml)
+    --listen ADDR         address for clients, e.g. 0.0.0.0:6380 (env RESPGUARD_LISTEN)
+    --upstream URL        redis://[user[:password]@]host:port[/db] or unix:///path.sock
+                          (env RESPGUARD_UPSTREAM)
+    --admin ADDR          HTTP address for /healthz, /readyz, /metrics (env RESPGUARD_ADMIN)
+    --check-config FILE   validate FILE; exit 0 if valid, 64 listing every problem if not
+    -h, --help            this text
+    -V, --version         the version
+
+ENVIRONMENT:
+    RESPGUARD_UPSTREAM_PASSWORD   upstream password (wins over the URL and password_file)
+    RESPGUARD_LOG                 log filter, e.g. info, debug, respguard=debug
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    check: bool,
+    overrides: Overrides,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut overrides = Overrides::from_env();
+    let mut config = None;
+    let mut check = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-V" | "--version" => {
+                println!("respguard {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
+            "--check-config" => {
+                config = Some(PathBuf::from(value("--check-config")?));
+                check = true;
+            }
+            "--listen" => overrides.listen = Some(("--listen".into(), value("--listen")?)),
+            "--upstream" => overrides.upstream = Some(("--upstream".into(), value("--upstream")?)),
+            "--admin" => overrides.admin = Some(("--admin".into(), value("--admin")?)),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        config,
+        check,
+        overrides,
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RESPGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("respguard: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+
+    // 1. configuration
+    let loaded = match &args.config {
+        Some(p) => Config::load(p, &args.overrides),
+        None => Config::parse("", "(defaults)", &args.overrides),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errs) => {
+            eprint!("respguard: refusing to start: {errs}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    if args.check {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("respguard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, args.overrides))
+}
+
+async fn run(config: Config, overrides: Overrides) -> ExitCode {
+    let grace = config.shutdown_grace;
+    let path = config.path.clone();
+    tracing::info!(
+        upstream = %config.upstream.addr,
+        policy = config.policy.is_some(),
+        "starting respguard {}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // 2. bind and 3. spawn
+    let proxy = match Proxy::start(config).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = path {
+        tokio::spawn(reload::watch(
+            proxy.shared.clone(),
+            path,
+            overrides,
+            Duration::from_secs(2),
+        ));
+    }
+
+    // 4. signal
+    wait_for_signal().await;
+
+    // 5. drain
+    proxy.shutdown(grace).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

@@ -1,0 +1,208 @@
+//! The upstream side: one connection to Redis per client connection.
+//!
+//! Connections are never shared between clients, so per-connection Redis state (`SELECT`,
+//! `AUTH`, `CLIENT SETNAME`, `MULTI`, subscriptions, blocking commands) behaves exactly as it
+//! does against Redis directly. This module owns connecting (TCP or Unix socket, with the
+//! configured timeout) and the proxy's own handshake (`AUTH`, `SELECT`) before any client byte
+//! is forwarded.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::codec::{encode_command, Limits, ReplyScanner};
+use crate::config::{UpstreamAddr, UpstreamConfig};
+
+/// Why the upstream could not be used. Tagged as the upstream's fault in metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {addr} unavailable: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("upstream {addr} unavailable: connect timed out after {ms} ms")]
+    ConnectTimeout { addr: String, ms: u128 },
+    #[error("upstream {addr} refused the proxy's handshake: {reply}")]
+    Handshake { addr: String, reply: String },
+    #[error("upstream connection lost: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream sent an invalid reply: {0}")]
+    Protocol(#[from] crate::codec::ProtocolError),
+    #[error("upstream closed the connection")]
+    Closed,
+    #[error("upstream did not reply within {0} ms")]
+    ReadTimeout(u128),
+}
+
+impl UpstreamError {
+    /// Bounded label for `respguard_upstream_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Handshake { .. } => "handshake",
+            UpstreamError::Io(_) => "io",
+            UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Closed => "closed",
+            UpstreamError::ReadTimeout(_) => "read_timeout",
+        }
+    }
+}
+
+/// A connected upstream socket. Readiness-based I/O through `&self` lets the connection task
+/// wait on reading and writing both sockets in one `select!` without splitting them.
+#[derive(Debug)]
+pub enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Upstream {
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Upstream::Tcp(s) => s.readable().await,
+            Upstream::Unix(s) => s.readable().await,
+        }
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Upstream::Tcp(s) => s.writable().await,
+            Upstream::Unix(s) => s.writable().await,
+        }
+    }
+
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Upstream::Tcp(s) => s.try_read_buf(buf),
+            Upstream::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Upstream::Tcp(s) => s.try_write(buf),
+            Upstream::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    /// Connects and runs the proxy's handshake.
+    pub async fn connect(cfg: &UpstreamConfig, limits: &Limits) -> Result<Upstream, UpstreamError> {
+        let addr = cfg.addr.to_string();
+        let connecting = async {
+            match &cfg.addr {
+                UpstreamAddr::Tcp { host, port } => {
+                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    // Latency matters more than packet count for a request/reply protocol.
+                    s.set_nodelay(true)?;
+                    Ok::<_, io::Error>(Upstream::Tcp(s))
+                }
+                UpstreamAddr::Unix(p) => Ok(Upstream::Unix(UnixStream::connect(p).await?)),
+            }
+        };
+        let up = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    addr,
+                    ms: cfg.connect_timeout.as_millis(),
+                })
+            }
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(up)) => up,
+        };
+        let hs = handshake_commands(cfg);
+        if !hs.is_empty() {
+            let n = handshake_len(cfg);
+            match tokio::time::timeout(cfg.connect_timeout, up.exchange(&hs, n, limits)).await {
+                Err(_) => {
+                    return Err(UpstreamError::ConnectTimeout {
+                        addr,
+                        ms: cfg.connect_timeout.as_millis(),
+                    })
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Some(reply))) => return Err(UpstreamError::Handshake { addr, reply }),
+                Ok(Ok(None)) => {}
+            }
+        }
+        Ok(up)
+    }
+
+    /// Sends `PING` and checks the answer, for readiness probes.
+    pub async fn ping(&self, limits: &Limits) -> Result<(), UpstreamError> {
+        match self.exchange(b"*1\r\n$4\r\nPING\r\n", 1, limits).await? {
+            None => Ok(()),
+            Some(reply) => Err(UpstreamError::Handshake {
+                addr: "upstream".into(),
+                reply,
+            }),
+        }
+    }
+
+    /// Writes `req` and reads `n` replies; returns the first error reply's text, if any.
+    async fn exchange(
+        &self,
+        req: &[u8],
+        n: usize,
+        limits: &Limits,
+    ) -> Result<Option<String>, UpstreamError> {
+        let mut off = 0;
+        while off < req.len() {
+            self.writable().await?;
+            match self.try_write(&req[off..]) {
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut buf = BytesMut::with_capacity(256);
+        let mut scanner = ReplyScanner::new();
+        let mut first_err = None;
+        let mut got = 0;
+        while got < n {
+            if let Some(f) = scanner.scan(&buf, limits)? {
+                if f.kind == b'-' && first_err.is_none() {
+                    let text =
+                        String::from_utf8_lossy(&buf[1..f.len.saturating_sub(2)]).into_owned();
+                    first_err = Some(text);
+                }
+                let _ = buf.split_to(f.len);
+                got += 1;
+                continue;
+            }
+            self.readable().await?;
+            buf.reserve(4096);
+            match self.try_read_buf(&mut buf) {
+                Ok(0) => return Err(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(first_err)
+    }
+}
+
+/// The commands the proxy sends on a fresh upstream connection (and again after a client's
+/// `RESET`, which drops authentication and the selected database).
+pub fn handshake_commands(cfg: &UpstreamConfig) -> BytesMut {
+    let mut out = BytesMut::new();
+    if let Some(pw) = &cfg.password {
+        match &cfg.username {
+            Some(u) => encode_command(
+                &mut out,
+                [&b"AUTH"[..], u.as_bytes(), pw.0.as_bytes()].into_iter(),
+            ),
+            None => encode_command(&mut out, [&b"AUTH"[..], pw.0.as_bytes()].into_iter()),
+        }
+    }
+    if cfg.db != 0 {
+        let db = cfg.db.to_string();
+        encode_command(&mut out, [&b"SELECT"[..], db.as_bytes()].into_iter());
+    }
+    out
+}
+
+/// How many replies [`handshake_commands`] produces.
+pub fn handshake_len(cfg: &UpstreamConfig) -> usize {
+    usize::from(cfg.password.is_some()) + usize::from(cfg.db != 0)
+}

@@ -1,0 +1,231 @@
+//! Test harness: real `redis-server` instances on free loopback ports, respguard in front of
+//! them, and a raw RESP client for what client crates hide.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use respguard::codec::{Limits, ReplyScanner};
+use respguard::config::{Config, Overrides};
+use respguard::Proxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A free loopback port (never 6379: the OS hands out ephemeral ports).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `redis-server` child process, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts redis-server with extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir =
+            std::env::temp_dir().join(format!("respguard-test-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", dir.to_str().expect("utf-8 temp dir")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (run scripts/ensure-redis)");
+        let server = RedisServer { port, child, dir };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut b = [0u8; 64];
+                    if let Ok(n) = s.read(&mut b) {
+                        if b[..n].starts_with(b"+PONG") || b[..n].starts_with(b"-NOAUTH") {
+                            return;
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A direct (proxy-less) client, for checking what reached Redis.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("client")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Builds a config from YAML text plus the proxy's and upstream's addresses.
+pub fn config(yaml: &str, upstream: &str) -> Config {
+    let ov = Overrides {
+        listen: Some(("--listen".into(), "127.0.0.1:0".into())),
+        upstream: Some(("--upstream".into(), upstream.into())),
+        admin: Some(("--admin".into(), "127.0.0.1:0".into())),
+        upstream_password: None,
+    };
+    Config::parse(yaml, "test.yaml", &ov).unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
+/// Starts respguard in this process in front of `upstream`.
+pub async fn proxy(yaml: &str, upstream: &str) -> Proxy {
+    Proxy::start(config(yaml, upstream))
+        .await
+        .expect("proxy starts")
+}
+
+pub fn proxy_url(p: &Proxy) -> String {
+    format!("redis://{}", p.local_addr)
+}
+
+pub async fn proxy_conn(p: &Proxy) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(proxy_url(p))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect through the proxy")
+}
+
+/// A raw RESP connection: send bytes, read whole replies.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+            scanner: ReplyScanner::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends one command as a multibulk.
+    pub async fn cmd(&mut self, args: &[&[u8]]) {
+        let mut b = BytesMut::new();
+        respguard::codec::encode_command(&mut b, args.iter().copied());
+        self.send(&b).await;
+    }
+
+    /// Reads the next complete reply frame (raw bytes), or panics after 10 s.
+    pub async fn read(&mut self) -> Vec<u8> {
+        self.read_timeout(Duration::from_secs(10))
+            .await
+            .expect("a reply within 10 s")
+    }
+
+    /// The next reply, or `None` on timeout or EOF.
+    pub async fn read_timeout(&mut self, t: Duration) -> Option<Vec<u8>> {
+        let limits = Limits::default();
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            if let Ok(Some(f)) = self.scanner.scan(&self.buf, &limits) {
+                return Some(self.buf.split_to(f.len).to_vec());
+            }
+            self.buf.reserve(64 * 1024);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub async fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.cmd(args).await;
+        self.read().await
+    }
+
+    /// True when the server closed the connection (EOF within `t`).
+    pub async fn closed_within(&mut self, t: Duration) -> bool {
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(t, self.stream.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Fetches an admin endpoint: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("admin connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample line in Prometheus text, e.g. `respguard_commands_total{command="GET",result="ok"}`.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok()).flatten()
+    })
+}
