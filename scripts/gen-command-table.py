@@ -757,7 +757,8 @@ def arity_ok(arity, argc):
 
 def synthesized_cases(rows, docs):
     cases = []
-    for r in all_rows(rows):
+    # COMMAND replies in hash order; sort so regenerating is reproducible.
+    for r in sorted(all_rows(rows), key=lambda r: r["name"].encode()):
         if "module" in r["flags"] or r["subcommands"]:
             continue
         if not any("not_key" not in s["flags"] for s in r["key_specs"]):

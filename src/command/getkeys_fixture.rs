@@ -663,221 +663,86 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[]),
     },
     GetKeysCase {
-        argv: &["FCALL_RO", "str:1", "0"],
-        keys: Some(&[]),
+        argv: &["APPEND", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
     },
     GetKeysCase {
-        argv: &["FCALL_RO", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
-        keys: Some(&[(3, KS_RO | KS_ACCESS), (4, KS_RO | KS_ACCESS)]),
+        argv: &["BITCOUNT", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZMPOP", "1", "key:1", "MIN"],
-        keys: Some(&[(2, KS_RW | KS_ACCESS | KS_DELETE)]),
+        argv: &["BITCOUNT", "key:1", "1", "1", "BYTE"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZMPOP", "2", "key:1", "key:2", "MIN", "COUNT", "1"],
-        keys: Some(&[
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
-            (3, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
+        argv: &["BITCOUNT", "key:1", "1", "1", "BIT"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZMPOP", "2", "key:1", "key:2", "MAX", "COUNT", "1"],
-        keys: Some(&[
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
-            (3, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["XREAD", "STREAMS", "key:1", "str:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
+        argv: &["BITFIELD", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "XREAD", "COUNT", "1", "BLOCK", "1", "STREAMS", "key:1", "key:2", "str:1", "str:2",
+            "BITFIELD", "key:1", "GET", "str:1", "1", "GET", "str:2", "1",
         ],
-        keys: Some(&[(6, KS_RO | KS_ACCESS), (7, KS_RO | KS_ACCESS)]),
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SETEX", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["INCR", "key:1"],
+        argv: &[
+            "BITFIELD", "key:1", "OVERFLOW", "FAIL", "INCRBY", "str:1", "1", "1", "OVERFLOW",
+            "FAIL", "INCRBY", "str:2", "1", "1",
+        ],
         keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["GEORADIUS_RO", "key:1", "1.5", "1.5", "1.5", "M"],
+        argv: &["BITFIELD_RO", "key:1"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "GEORADIUS_RO",
+            "BITFIELD_RO",
             "key:1",
-            "1.5",
-            "1.5",
-            "1.5",
-            "M",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
+            "GET",
+            "str:1",
             "1",
-            "ANY",
-            "ASC",
+            "GET",
+            "str:2",
+            "1",
         ],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "GEORADIUS_RO",
-            "key:1",
-            "1.5",
-            "1.5",
-            "1.5",
-            "MI",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
-            "1",
-            "ANY",
-            "DESC",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["BITOP", "str:1", "key:1", "key:2"],
+        keys: Some(&[(2, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZDIFF", "1", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZDIFF", "2", "key:1", "key:2", "WITHSCORES"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SRANDMEMBER", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SRANDMEMBER", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XINFO", "CONSUMERS", "key:1", "str:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XINFO", "GROUPS", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XINFO", "STREAM", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XINFO", "STREAM", "key:1", "FULL", "COUNT", "1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LINSERT", "key:1", "BEFORE", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LINSERT", "key:1", "AFTER", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["GEOPOS", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEOPOS", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BZPOPMAX", "key:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["BZPOPMAX", "key:1", "key:2", "1.5"],
+        argv: &["BITOP", "str:1", "key:1", "key:2", "key:3"],
         keys: Some(&[
-            (1, KS_RW | KS_ACCESS | KS_DELETE),
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["LLEN", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["TOUCH", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["TOUCH", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["SADD", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["SADD", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["HEXISTS", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["HDEL", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["HDEL", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZINTERSTORE", "key:1", "1", "key:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZINTERSTORE",
-            "key:1",
-            "2",
-            "key:2",
-            "key:3",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "SUM",
-        ],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
+            (2, KS_OW | KS_UPDATE),
             (3, KS_RO | KS_ACCESS),
             (4, KS_RO | KS_ACCESS),
         ]),
     },
     GetKeysCase {
-        argv: &[
-            "ZINTERSTORE",
-            "key:1",
-            "2",
-            "key:2",
-            "key:3",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "MAX",
-        ],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (3, KS_RO | KS_ACCESS),
-            (4, KS_RO | KS_ACCESS),
-        ]),
+        argv: &["BITPOS", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["BITPOS", "key:1", "1", "1", "1", "BYTE"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["BITPOS", "key:1", "1", "1", "1", "BIT"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["BLMOVE", "key:1", "key:2", "LEFT", "LEFT", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["BLMOVE", "key:1", "key:2", "RIGHT", "RIGHT", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
     },
     GetKeysCase {
         argv: &["BLMPOP", "1.5", "1", "key:1", "LEFT"],
@@ -900,227 +765,30 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         ]),
     },
     GetKeysCase {
-        argv: &["SMOVE", "key:1", "key:2", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["DECRBY", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["ZRANGESTORE", "key:1", "key:2", "str:1", "str:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZRANGESTORE",
-            "key:1",
-            "key:2",
-            "str:1",
-            "str:2",
-            "BYSCORE",
-            "REV",
-            "LIMIT",
-            "1",
-            "1",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZRANGESTORE",
-            "key:1",
-            "key:2",
-            "str:1",
-            "str:2",
-            "BYLEX",
-            "REV",
-            "LIMIT",
-            "1",
-            "1",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["RPOP", "key:1"],
+        argv: &["BLPOP", "key:1", "1.5"],
         keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["RPOP", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZREVRANK", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LMOVE", "key:1", "key:2", "LEFT", "LEFT"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LMOVE", "key:1", "key:2", "RIGHT", "RIGHT"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LPUSHX", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LPUSHX", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["STRLEN", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["MSET", "key:1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["MSET", "key:1", "str:1", "key:2", "str:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCH",
-            "key:1",
-            "FROMMEMBER",
-            "str:1",
-            "BYRADIUS",
-            "1.5",
-            "M",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCH",
-            "key:1",
-            "FROMMEMBER",
-            "str:1",
-            "BYRADIUS",
-            "1.5",
-            "M",
-            "ASC",
-            "COUNT",
-            "1",
-            "ANY",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCH",
-            "key:1",
-            "FROMLONLAT",
-            "1.5",
-            "1.5",
-            "BYBOX",
-            "1.5",
-            "1.5",
-            "MI",
-            "DESC",
-            "COUNT",
-            "1",
-            "ANY",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XCLAIM", "key:1", "str:1", "str:2", "str:3", "str:4"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "XCLAIM",
-            "key:1",
-            "str:1",
-            "str:2",
-            "str:3",
-            "str:4",
-            "str:5",
-            "IDLE",
-            "1",
-            "TIME",
-            "1700000000",
-            "RETRYCOUNT",
-            "1",
-            "FORCE",
-            "JUSTID",
-            "LASTID",
-            "str:6",
-        ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["APPEND", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["WATCH", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["WATCH", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["ZPOPMAX", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZPOPMAX", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["HGET", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITCOUNT", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITCOUNT", "key:1", "1", "1", "BYTE"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITCOUNT", "key:1", "1", "1", "BIT"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LPOP", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["LPOP", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["TTL", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["FCALL", "str:1", "0"],
-        keys: Some(&[]),
-    },
-    GetKeysCase {
-        argv: &["FCALL", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
+        argv: &["BLPOP", "key:1", "key:2", "1.5"],
         keys: Some(&[
-            (3, KS_RW | KS_ACCESS | KS_UPDATE),
-            (4, KS_RW | KS_ACCESS | KS_UPDATE),
+            (1, KS_RW | KS_ACCESS | KS_DELETE),
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
         ]),
     },
     GetKeysCase {
-        argv: &["LSET", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["BRPOP", "key:1", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["BRPOP", "key:1", "key:2", "1.5"],
+        keys: Some(&[
+            (1, KS_RW | KS_ACCESS | KS_DELETE),
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["BRPOPLPUSH", "key:1", "key:2", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
     },
     GetKeysCase {
         argv: &["BZMPOP", "1.5", "1", "key:1", "MIN"],
@@ -1141,79 +809,26 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         ]),
     },
     GetKeysCase {
-        argv: &["LMPOP", "1", "key:1", "LEFT"],
-        keys: Some(&[(2, KS_RW | KS_ACCESS | KS_DELETE)]),
+        argv: &["BZPOPMAX", "key:1", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["LMPOP", "2", "key:1", "key:2", "LEFT", "COUNT", "1"],
+        argv: &["BZPOPMAX", "key:1", "key:2", "1.5"],
         keys: Some(&[
+            (1, KS_RW | KS_ACCESS | KS_DELETE),
             (2, KS_RW | KS_ACCESS | KS_DELETE),
-            (3, KS_RW | KS_ACCESS | KS_DELETE),
         ]),
     },
     GetKeysCase {
-        argv: &["LMPOP", "2", "key:1", "key:2", "RIGHT", "COUNT", "1"],
+        argv: &["BZPOPMIN", "key:1", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["BZPOPMIN", "key:1", "key:2", "1.5"],
         keys: Some(&[
+            (1, KS_RW | KS_ACCESS | KS_DELETE),
             (2, KS_RW | KS_ACCESS | KS_DELETE),
-            (3, KS_RW | KS_ACCESS | KS_DELETE),
         ]),
-    },
-    GetKeysCase {
-        argv: &["HGETALL", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LREM", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["RESTORE-ASKING", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "RESTORE-ASKING",
-            "key:1",
-            "1",
-            "str:1",
-            "REPLACE",
-            "ABSTTL",
-            "IDLETIME",
-            "1",
-            "FREQ",
-            "1",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["MSETNX", "key:1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["MSETNX", "key:1", "str:1", "key:2", "str:2"],
-        keys: Some(&[(1, KS_OW | KS_INSERT), (3, KS_OW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["RPOPLPUSH", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["SORT", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "SORT", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
-            "pat:3:*", "ASC", "ALPHA", "STORE", "key:2",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (14, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "SORT", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
-            "pat:3:*", "DESC", "ALPHA", "STORE", "key:2",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (14, KS_OW | KS_UPDATE)]),
     },
     GetKeysCase {
         argv: &["COPY", "key:1", "key:2"],
@@ -1224,188 +839,35 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_OW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["ZSCAN", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["DECR", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["ZSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["DECRBY", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["SORT_RO", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["DEL", "key:1"],
+        keys: Some(&[(1, KS_RM | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &[
-            "SORT_RO", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
-            "pat:3:*", "ASC", "ALPHA",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "SORT_RO", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
-            "pat:3:*", "DESC", "ALPHA",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LTRIM", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["SREM", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["SREM", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["MEMORY", "USAGE", "key:1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["MEMORY", "USAGE", "key:1", "SAMPLES", "1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["ZUNION", "1", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZUNION",
-            "2",
-            "key:1",
-            "key:2",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "SUM",
-            "WITHSCORES",
-        ],
-        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZUNION",
-            "2",
-            "key:1",
-            "key:2",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "MAX",
-            "WITHSCORES",
-        ],
-        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITFIELD_RO", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "BITFIELD_RO",
-            "key:1",
-            "GET",
-            "str:1",
-            "1",
-            "GET",
-            "str:2",
-            "1",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["DEL", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RM | KS_DELETE), (2, KS_RM | KS_DELETE)]),
     },
     GetKeysCase {
         argv: &["DUMP", "key:1"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PSETEX", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+        argv: &["EVAL", "str:1", "0"],
+        keys: Some(&[]),
     },
     GetKeysCase {
-        argv: &["RPUSHX", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["RPUSHX", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["PFCOUNT", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["PFCOUNT", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS), (2, KS_RW | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HVALS", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LPUSH", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LPUSH", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCHSTORE",
-            "key:1",
-            "key:2",
-            "FROMMEMBER",
-            "str:1",
-            "BYRADIUS",
-            "1.5",
-            "M",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCHSTORE",
-            "key:1",
-            "key:2",
-            "FROMMEMBER",
-            "str:1",
-            "BYRADIUS",
-            "1.5",
-            "M",
-            "ASC",
-            "COUNT",
-            "1",
-            "ANY",
-            "STOREDIST",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEOSEARCHSTORE",
-            "key:1",
-            "key:2",
-            "FROMLONLAT",
-            "1.5",
-            "1.5",
-            "BYBOX",
-            "1.5",
-            "1.5",
-            "MI",
-            "DESC",
-            "COUNT",
-            "1",
-            "ANY",
-            "STOREDIST",
-        ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+        argv: &["EVAL", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
+        keys: Some(&[
+            (3, KS_RW | KS_ACCESS | KS_UPDATE),
+            (4, KS_RW | KS_ACCESS | KS_UPDATE),
+        ]),
     },
     GetKeysCase {
         argv: &["EVALSHA", "str:1", "0"],
@@ -1416,42 +878,6 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[
             (3, KS_RW | KS_ACCESS | KS_UPDATE),
             (4, KS_RW | KS_ACCESS | KS_UPDATE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["GETSET", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["GETDEL", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZINTERCARD", "1", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZINTERCARD", "2", "key:1", "key:2", "LIMIT", "1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["MGET", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["MGET", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["PFMERGE", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_INSERT), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["PFMERGE", "key:1", "key:2", "key:3"],
-        keys: Some(&[
-            (1, KS_RW | KS_ACCESS | KS_INSERT),
-            (2, KS_RO | KS_ACCESS),
-            (3, KS_RO | KS_ACCESS),
         ]),
     },
     GetKeysCase {
@@ -1471,219 +897,32 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(3, KS_RO | KS_ACCESS), (4, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PEXPIRETIME", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["EVAL_RO", "str:1", "0"],
+        keys: Some(&[]),
     },
     GetKeysCase {
-        argv: &["SETRANGE", "key:1", "1", "str:1"],
+        argv: &["EVAL_RO", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
+        keys: Some(&[(3, KS_RO | KS_ACCESS), (4, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["EXISTS", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["EXISTS", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["EXPIRE", "key:1", "1"],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["HSCAN", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XREVRANGE", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XREVRANGE", "key:1", "str:1", "str:2", "COUNT", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZRANGE", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZRANGE",
-            "key:1",
-            "str:1",
-            "str:2",
-            "BYSCORE",
-            "REV",
-            "LIMIT",
-            "1",
-            "1",
-            "WITHSCORES",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZRANGE",
-            "key:1",
-            "str:1",
-            "str:2",
-            "BYLEX",
-            "REV",
-            "LIMIT",
-            "1",
-            "1",
-            "WITHSCORES",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HSET", "key:1", "str:1", "str:2"],
+        argv: &["EXPIRE", "key:1", "1", "NX"],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["HSET", "key:1", "str:1", "str:2", "str:3", "str:4"],
+        argv: &["EXPIRE", "key:1", "1", "LT"],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["HINCRBYFLOAT", "key:1", "str:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["RENAME", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["BITPOS", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITPOS", "key:1", "1", "1", "1", "BYTE"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITPOS", "key:1", "1", "1", "1", "BIT"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GETRANGE", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZMSCORE", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZMSCORE", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZDIFFSTORE", "key:1", "1", "key:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZDIFFSTORE", "key:1", "2", "key:2", "key:3"],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (3, KS_RO | KS_ACCESS),
-            (4, KS_RO | KS_ACCESS),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["XAUTOCLAIM", "key:1", "str:1", "str:2", "str:3", "str:4"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "XAUTOCLAIM",
-            "key:1",
-            "str:1",
-            "str:2",
-            "str:3",
-            "str:4",
-            "COUNT",
-            "1",
-            "JUSTID",
-        ],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZLEXCOUNT", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["INCRBY", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["DEL", "key:1"],
-        keys: Some(&[(1, KS_RM | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["DEL", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RM | KS_DELETE), (2, KS_RM | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["MOVE", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["ZUNIONSTORE", "key:1", "1", "key:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZUNIONSTORE",
-            "key:1",
-            "2",
-            "key:2",
-            "key:3",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "SUM",
-        ],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (3, KS_RO | KS_ACCESS),
-            (4, KS_RO | KS_ACCESS),
-        ]),
-    },
-    GetKeysCase {
-        argv: &[
-            "ZUNIONSTORE",
-            "key:1",
-            "2",
-            "key:2",
-            "key:3",
-            "WEIGHTS",
-            "1",
-            "1",
-            "AGGREGATE",
-            "MAX",
-        ],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (3, KS_RO | KS_ACCESS),
-            (4, KS_RO | KS_ACCESS),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["BITFIELD", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "BITFIELD", "key:1", "GET", "str:1", "1", "GET", "str:2", "1",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "BITFIELD", "key:1", "OVERFLOW", "FAIL", "INCRBY", "str:1", "1", "1", "OVERFLOW",
-            "FAIL", "INCRBY", "str:2", "1", "1",
-        ],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["PFADD", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["PFADD", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
     },
     GetKeysCase {
         argv: &["EXPIREAT", "key:1", "1700000000"],
@@ -1698,200 +937,70 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["BLMOVE", "key:1", "key:2", "LEFT", "LEFT", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["BLMOVE", "key:1", "key:2", "RIGHT", "RIGHT", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["LPOS", "key:1", "str:1"],
+        argv: &["EXPIRETIME", "key:1"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "LPOS", "key:1", "str:1", "RANK", "1", "COUNT", "1", "MAXLEN", "1",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["FCALL", "str:1", "0"],
+        keys: Some(&[]),
     },
     GetKeysCase {
-        argv: &["SINTERCARD", "1", "key:1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SINTERCARD", "2", "key:1", "key:2", "LIMIT", "1"],
-        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["UNLINK", "key:1"],
-        keys: Some(&[(1, KS_RM | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["UNLINK", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RM | KS_DELETE), (2, KS_RM | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZSCORE", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZREMRANGEBYLEX", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["GEORADIUSBYMEMBER_RO", "key:1", "str:1", "1.5", "M"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEORADIUSBYMEMBER_RO",
-            "key:1",
-            "str:1",
-            "1.5",
-            "M",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
-            "1",
-            "ANY",
-            "ASC",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEORADIUSBYMEMBER_RO",
-            "key:1",
-            "str:1",
-            "1.5",
-            "MI",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
-            "1",
-            "ANY",
-            "DESC",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HSETNX", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["BLPOP", "key:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["BLPOP", "key:1", "key:2", "1.5"],
+        argv: &["FCALL", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
         keys: Some(&[
-            (1, KS_RW | KS_ACCESS | KS_DELETE),
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
+            (3, KS_RW | KS_ACCESS | KS_UPDATE),
+            (4, KS_RW | KS_ACCESS | KS_UPDATE),
         ]),
     },
     GetKeysCase {
-        argv: &["BZPOPMIN", "key:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+        argv: &["FCALL_RO", "str:1", "0"],
+        keys: Some(&[]),
     },
     GetKeysCase {
-        argv: &["BZPOPMIN", "key:1", "key:2", "1.5"],
-        keys: Some(&[
-            (1, KS_RW | KS_ACCESS | KS_DELETE),
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
+        argv: &["FCALL_RO", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
+        keys: Some(&[(3, KS_RO | KS_ACCESS), (4, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["XACK", "key:1", "str:1", "str:2"],
+        argv: &["GEOADD", "key:1", "1.5", "1.5", "str:1"],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["XACK", "key:1", "str:1", "str:2", "str:3"],
+        argv: &[
+            "GEOADD", "key:1", "NX", "CH", "1.5", "1.5", "str:1", "1.5", "1.5", "str:2",
+        ],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["ZRANGEBYSCORE", "key:1", "1.5", "1.5"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
         argv: &[
-            "ZRANGEBYSCORE",
-            "key:1",
-            "1.5",
-            "1.5",
-            "WITHSCORES",
-            "LIMIT",
-            "1",
-            "1",
+            "GEOADD", "key:1", "XX", "CH", "1.5", "1.5", "str:1", "1.5", "1.5", "str:2",
         ],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["GEODIST", "key:1", "str:1", "str:2"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["GEORADIUSBYMEMBER", "key:1", "str:1", "1.5", "M"],
+        argv: &["GEODIST", "key:1", "str:1", "str:2", "M"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "GEORADIUSBYMEMBER",
-            "key:1",
-            "str:1",
-            "1.5",
-            "M",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
-            "1",
-            "ANY",
-            "ASC",
-            "STORE",
-            "key:2",
-            "STOREDIST",
-            "key:3",
-        ],
-        keys: Some(&[
-            (1, KS_RO | KS_ACCESS),
-            (13, KS_OW | KS_UPDATE),
-            (15, KS_OW | KS_UPDATE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &[
-            "GEORADIUSBYMEMBER",
-            "key:1",
-            "str:1",
-            "1.5",
-            "MI",
-            "WITHCOORD",
-            "WITHDIST",
-            "WITHHASH",
-            "COUNT",
-            "1",
-            "ANY",
-            "DESC",
-            "STORE",
-            "key:2",
-            "STOREDIST",
-            "key:3",
-        ],
-        keys: Some(&[
-            (1, KS_RO | KS_ACCESS),
-            (13, KS_OW | KS_UPDATE),
-            (15, KS_OW | KS_UPDATE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["ZINCRBY", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["HKEYS", "key:1"],
+        argv: &["GEODIST", "key:1", "str:1", "str:2", "MI"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PTTL", "key:1"],
+        argv: &["GEOHASH", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GEOHASH", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GEOPOS", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GEOPOS", "key:1", "str:1", "str:2"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
@@ -1949,6 +1058,1028 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
             (14, KS_OW | KS_UPDATE),
             (16, KS_OW | KS_UPDATE),
         ]),
+    },
+    GetKeysCase {
+        argv: &["GEORADIUSBYMEMBER", "key:1", "str:1", "1.5", "M"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUSBYMEMBER",
+            "key:1",
+            "str:1",
+            "1.5",
+            "M",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "ASC",
+            "STORE",
+            "key:2",
+            "STOREDIST",
+            "key:3",
+        ],
+        keys: Some(&[
+            (1, KS_RO | KS_ACCESS),
+            (13, KS_OW | KS_UPDATE),
+            (15, KS_OW | KS_UPDATE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUSBYMEMBER",
+            "key:1",
+            "str:1",
+            "1.5",
+            "MI",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "DESC",
+            "STORE",
+            "key:2",
+            "STOREDIST",
+            "key:3",
+        ],
+        keys: Some(&[
+            (1, KS_RO | KS_ACCESS),
+            (13, KS_OW | KS_UPDATE),
+            (15, KS_OW | KS_UPDATE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["GEORADIUSBYMEMBER_RO", "key:1", "str:1", "1.5", "M"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUSBYMEMBER_RO",
+            "key:1",
+            "str:1",
+            "1.5",
+            "M",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "ASC",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUSBYMEMBER_RO",
+            "key:1",
+            "str:1",
+            "1.5",
+            "MI",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "DESC",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GEORADIUS_RO", "key:1", "1.5", "1.5", "1.5", "M"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUS_RO",
+            "key:1",
+            "1.5",
+            "1.5",
+            "1.5",
+            "M",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "ASC",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEORADIUS_RO",
+            "key:1",
+            "1.5",
+            "1.5",
+            "1.5",
+            "MI",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+            "COUNT",
+            "1",
+            "ANY",
+            "DESC",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCH",
+            "key:1",
+            "FROMMEMBER",
+            "str:1",
+            "BYRADIUS",
+            "1.5",
+            "M",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCH",
+            "key:1",
+            "FROMMEMBER",
+            "str:1",
+            "BYRADIUS",
+            "1.5",
+            "M",
+            "ASC",
+            "COUNT",
+            "1",
+            "ANY",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCH",
+            "key:1",
+            "FROMLONLAT",
+            "1.5",
+            "1.5",
+            "BYBOX",
+            "1.5",
+            "1.5",
+            "MI",
+            "DESC",
+            "COUNT",
+            "1",
+            "ANY",
+            "WITHCOORD",
+            "WITHDIST",
+            "WITHHASH",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCHSTORE",
+            "key:1",
+            "key:2",
+            "FROMMEMBER",
+            "str:1",
+            "BYRADIUS",
+            "1.5",
+            "M",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCHSTORE",
+            "key:1",
+            "key:2",
+            "FROMMEMBER",
+            "str:1",
+            "BYRADIUS",
+            "1.5",
+            "M",
+            "ASC",
+            "COUNT",
+            "1",
+            "ANY",
+            "STOREDIST",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "GEOSEARCHSTORE",
+            "key:1",
+            "key:2",
+            "FROMLONLAT",
+            "1.5",
+            "1.5",
+            "BYBOX",
+            "1.5",
+            "1.5",
+            "MI",
+            "DESC",
+            "COUNT",
+            "1",
+            "ANY",
+            "STOREDIST",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GET", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GETBIT", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GETDEL", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["GETEX", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["GETEX", "key:1", "EX", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["GETEX", "key:1", "PERSIST"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["GETRANGE", "key:1", "1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["GETSET", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HDEL", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["HDEL", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["HEXISTS", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["HGET", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HGETALL", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HINCRBY", "key:1", "str:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HINCRBYFLOAT", "key:1", "str:1", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HKEYS", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HLEN", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["HMGET", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HMGET", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HMSET", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HMSET", "key:1", "str:1", "str:2", "str:3", "str:4"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HRANDFIELD", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HRANDFIELD", "key:1", "1", "WITHVALUES"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HSCAN", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["HSET", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HSET", "key:1", "str:1", "str:2", "str:3", "str:4"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["HSETNX", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["HSTRLEN", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["HVALS", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["INCR", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["INCRBY", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["INCRBYFLOAT", "key:1", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["LCS", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "LCS",
+            "key:1",
+            "key:2",
+            "LEN",
+            "IDX",
+            "MINMATCHLEN",
+            "1",
+            "WITHMATCHLEN",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["LINDEX", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["LINSERT", "key:1", "BEFORE", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LINSERT", "key:1", "AFTER", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LLEN", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["LMOVE", "key:1", "key:2", "LEFT", "LEFT"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LMOVE", "key:1", "key:2", "RIGHT", "RIGHT"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LMPOP", "1", "key:1", "LEFT"],
+        keys: Some(&[(2, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["LMPOP", "2", "key:1", "key:2", "LEFT", "COUNT", "1"],
+        keys: Some(&[
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
+            (3, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["LMPOP", "2", "key:1", "key:2", "RIGHT", "COUNT", "1"],
+        keys: Some(&[
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
+            (3, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["LPOP", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["LPOP", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["LPOS", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "LPOS", "key:1", "str:1", "RANK", "1", "COUNT", "1", "MAXLEN", "1",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["LPUSH", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LPUSH", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LPUSHX", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LPUSHX", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["LRANGE", "key:1", "1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["LREM", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["LSET", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["LTRIM", "key:1", "1", "1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["MEMORY", "USAGE", "key:1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["MEMORY", "USAGE", "key:1", "SAMPLES", "1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["MGET", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["MGET", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["MIGRATE", "str:1", "1", "key:1", "1", "1"],
+        keys: Some(&[(3, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "MIGRATE", "str:1", "1", "key:1", "1", "1", "COPY", "REPLACE", "AUTH", "str:2", "KEYS",
+            "key:2", "key:3",
+        ],
+        keys: None,
+    },
+    GetKeysCase {
+        argv: &[
+            "MIGRATE", "str:1", "1", "", "1", "1", "COPY", "REPLACE", "AUTH2", "str:2", "str:3",
+            "KEYS", "key:1", "key:2",
+        ],
+        keys: Some(&[
+            (12, KS_RW | KS_ACCESS | KS_DELETE),
+            (13, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["MOVE", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["MSET", "key:1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["MSET", "key:1", "str:1", "key:2", "str:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["MSETNX", "key:1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["MSETNX", "key:1", "str:1", "key:2", "str:2"],
+        keys: Some(&[(1, KS_OW | KS_INSERT), (3, KS_OW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["OBJECT", "ENCODING", "key:1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["OBJECT", "FREQ", "key:1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["OBJECT", "IDLETIME", "key:1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["OBJECT", "REFCOUNT", "key:1"],
+        keys: Some(&[(2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["PERSIST", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIRE", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIRE", "key:1", "1", "NX"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIRE", "key:1", "1", "LT"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIREAT", "key:1", "1700000000"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIREAT", "key:1", "1700000000", "NX"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIREAT", "key:1", "1700000000", "LT"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PEXPIRETIME", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["PFADD", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["PFADD", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["PFCOUNT", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["PFCOUNT", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS), (2, KS_RW | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["PFDEBUG", "str:1", "key:1"],
+        keys: Some(&[(2, KS_RW | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["PFMERGE", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_INSERT), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["PFMERGE", "key:1", "key:2", "key:3"],
+        keys: Some(&[
+            (1, KS_RW | KS_ACCESS | KS_INSERT),
+            (2, KS_RO | KS_ACCESS),
+            (3, KS_RO | KS_ACCESS),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["PSETEX", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["PTTL", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["RENAME", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["RENAMENX", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_OW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["RESTORE", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "RESTORE", "key:1", "1", "str:1", "REPLACE", "ABSTTL", "IDLETIME", "1", "FREQ", "1",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["RESTORE-ASKING", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "RESTORE-ASKING",
+            "key:1",
+            "1",
+            "str:1",
+            "REPLACE",
+            "ABSTTL",
+            "IDLETIME",
+            "1",
+            "FREQ",
+            "1",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["RPOP", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["RPOP", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["RPOPLPUSH", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["RPUSH", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["RPUSH", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["RPUSHX", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["RPUSHX", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["SADD", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["SADD", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["SCARD", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["SDIFF", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SDIFF", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SDIFFSTORE", "key:1", "key:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SDIFFSTORE", "key:1", "key:2", "key:3"],
+        keys: Some(&[
+            (1, KS_OW | KS_UPDATE),
+            (2, KS_RO | KS_ACCESS),
+            (3, KS_RO | KS_ACCESS),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["SET", "key:1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SET", "key:1", "str:1", "NX", "GET", "EX", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SET", "key:1", "str:1", "XX", "GET", "KEEPTTL"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SETBIT", "key:1", "1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SETEX", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SETNX", "key:1", "str:1"],
+        keys: Some(&[(1, KS_OW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["SETRANGE", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SINTER", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SINTER", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SINTERCARD", "1", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SINTERCARD", "2", "key:1", "key:2", "LIMIT", "1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SINTERSTORE", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SINTERSTORE", "key:1", "key:2", "key:3"],
+        keys: Some(&[
+            (1, KS_RW | KS_UPDATE),
+            (2, KS_RO | KS_ACCESS),
+            (3, KS_RO | KS_ACCESS),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["SISMEMBER", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["SMEMBERS", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SMISMEMBER", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SMISMEMBER", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SMOVE", "key:1", "key:2", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
+    },
+    GetKeysCase {
+        argv: &["SORT", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "SORT", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
+            "pat:3:*", "ASC", "ALPHA", "STORE", "key:2",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (14, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "SORT", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
+            "pat:3:*", "DESC", "ALPHA", "STORE", "key:2",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (14, KS_OW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["SORT_RO", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "SORT_RO", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
+            "pat:3:*", "ASC", "ALPHA",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "SORT_RO", "key:1", "BY", "pat:1:*", "LIMIT", "1", "1", "GET", "pat:2:*", "GET",
+            "pat:3:*", "DESC", "ALPHA",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SPOP", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["SPOP", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["SRANDMEMBER", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SRANDMEMBER", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SREM", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["SREM", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["SSCAN", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["STRLEN", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["SUBSTR", "key:1", "1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SUNION", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SUNION", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SUNIONSTORE", "key:1", "key:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["SUNIONSTORE", "key:1", "key:2", "key:3"],
+        keys: Some(&[
+            (1, KS_OW | KS_UPDATE),
+            (2, KS_RO | KS_ACCESS),
+            (3, KS_RO | KS_ACCESS),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["TOUCH", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["TOUCH", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["TTL", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["TYPE", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["UNLINK", "key:1"],
+        keys: Some(&[(1, KS_RM | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["UNLINK", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RM | KS_DELETE), (2, KS_RM | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["WATCH", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["WATCH", "key:1", "key:2"],
+        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
+    },
+    GetKeysCase {
+        argv: &["XACK", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["XACK", "key:1", "str:1", "str:2", "str:3"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["XADD", "key:1", "*", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "XADD",
+            "key:1",
+            "NOMKSTREAM",
+            "MAXLEN",
+            "=",
+            "str:1",
+            "LIMIT",
+            "1",
+            "*",
+            "str:2",
+            "str:3",
+            "str:4",
+            "str:5",
+        ],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "XADD",
+            "key:1",
+            "NOMKSTREAM",
+            "MINID",
+            "~",
+            "str:1",
+            "LIMIT",
+            "1",
+            "str:2",
+            "str:3",
+            "str:4",
+            "str:5",
+            "str:6",
+        ],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["XAUTOCLAIM", "key:1", "str:1", "str:2", "str:3", "str:4"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "XAUTOCLAIM",
+            "key:1",
+            "str:1",
+            "str:2",
+            "str:3",
+            "str:4",
+            "COUNT",
+            "1",
+            "JUSTID",
+        ],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["XCLAIM", "key:1", "str:1", "str:2", "str:3", "str:4"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "XCLAIM",
+            "key:1",
+            "str:1",
+            "str:2",
+            "str:3",
+            "str:4",
+            "str:5",
+            "IDLE",
+            "1",
+            "TIME",
+            "1700000000",
+            "RETRYCOUNT",
+            "1",
+            "FORCE",
+            "JUSTID",
+            "LASTID",
+            "str:6",
+        ],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["XDEL", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["XDEL", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
     },
     GetKeysCase {
         argv: &["XGROUP", "CREATE", "key:1", "str:1", "str:2"],
@@ -2013,61 +2144,24 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(2, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["SETNX", "key:1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_INSERT)]),
+        argv: &["XINFO", "CONSUMERS", "key:1", "str:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["GEOADD", "key:1", "1.5", "1.5", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["XINFO", "GROUPS", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "GEOADD", "key:1", "NX", "CH", "1.5", "1.5", "str:1", "1.5", "1.5", "str:2",
-        ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["XINFO", "STREAM", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "GEOADD", "key:1", "XX", "CH", "1.5", "1.5", "str:1", "1.5", "1.5", "str:2",
-        ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["XINFO", "STREAM", "key:1", "FULL", "COUNT", "1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZRANGEBYLEX", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZRANGEBYLEX", "key:1", "str:1", "str:2", "LIMIT", "1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEODIST", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEODIST", "key:1", "str:1", "str:2", "M"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEODIST", "key:1", "str:1", "str:2", "MI"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["LCS", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "LCS",
-            "key:1",
-            "key:2",
-            "LEN",
-            "IDX",
-            "MINMATCHLEN",
-            "1",
-            "WITHMATCHLEN",
-        ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+        argv: &["XLEN", "key:1"],
+        keys: Some(&[(1, KS_RO)]),
     },
     GetKeysCase {
         argv: &["XPENDING", "key:1", "str:1"],
@@ -2080,37 +2174,22 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZCARD", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
+        argv: &["XRANGE", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["MIGRATE", "str:1", "1", "key:1", "1", "1"],
-        keys: Some(&[(3, KS_RW | KS_ACCESS | KS_DELETE)]),
+        argv: &["XRANGE", "key:1", "str:1", "str:2", "COUNT", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &[
-            "MIGRATE", "str:1", "1", "key:1", "1", "1", "COPY", "REPLACE", "AUTH", "str:2", "KEYS",
-            "key:2", "key:3",
-        ],
-        keys: None,
+        argv: &["XREAD", "STREAMS", "key:1", "str:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "MIGRATE", "str:1", "1", "", "1", "1", "COPY", "REPLACE", "AUTH2", "str:2", "str:3",
-            "KEYS", "key:1", "key:2",
+            "XREAD", "COUNT", "1", "BLOCK", "1", "STREAMS", "key:1", "key:2", "str:1", "str:2",
         ],
-        keys: Some(&[
-            (12, KS_RW | KS_ACCESS | KS_DELETE),
-            (13, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["HSTRLEN", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["TYPE", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
+        keys: Some(&[(6, KS_RO | KS_ACCESS), (7, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
@@ -2144,103 +2223,28 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(10, KS_RO | KS_ACCESS), (11, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PEXPIREAT", "key:1", "1700000000"],
+        argv: &["XREVRANGE", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["XREVRANGE", "key:1", "str:1", "str:2", "COUNT", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["XSETID", "key:1", "str:1"],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["PEXPIREAT", "key:1", "1700000000", "NX"],
+        argv: &[
+            "XSETID",
+            "key:1",
+            "str:1",
+            "ENTRIESADDED",
+            "1",
+            "MAXDELETEDID",
+            "str:2",
+        ],
         keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["PEXPIREAT", "key:1", "1700000000", "LT"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["EVAL", "str:1", "0"],
-        keys: Some(&[]),
-    },
-    GetKeysCase {
-        argv: &["EVAL", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
-        keys: Some(&[
-            (3, KS_RW | KS_ACCESS | KS_UPDATE),
-            (4, KS_RW | KS_ACCESS | KS_UPDATE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["HRANDFIELD", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HRANDFIELD", "key:1", "1", "WITHVALUES"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GETBIT", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SPOP", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["SPOP", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["SMISMEMBER", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SMISMEMBER", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEOHASH", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GEOHASH", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZREM", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZREM", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["PFDEBUG", "str:1", "key:1"],
-        keys: Some(&[(2, KS_RW | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SINTER", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SINTER", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["GET", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SISMEMBER", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["HINCRBY", "key:1", "str:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["ZREVRANGE", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZREVRANGE", "key:1", "1", "1", "WITHSCORES"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &["XTRIM", "key:1", "MAXLEN", "str:1"],
@@ -2255,45 +2259,52 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(1, KS_RW | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["ZREVRANGEBYSCORE", "key:1", "1.5", "1.5"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["ZADD", "key:1", "1.5", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
         argv: &[
-            "ZREVRANGEBYSCORE",
-            "key:1",
-            "1.5",
-            "1.5",
-            "WITHSCORES",
-            "LIMIT",
-            "1",
-            "1",
+            "ZADD", "key:1", "NX", "GT", "CH", "INCR", "1.5", "str:1", "1.5", "str:2",
         ],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
     },
     GetKeysCase {
-        argv: &["HLEN", "key:1"],
+        argv: &[
+            "ZADD", "key:1", "XX", "LT", "CH", "INCR", "1.5", "str:1", "1.5", "str:2",
+        ],
+        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+    },
+    GetKeysCase {
+        argv: &["ZCARD", "key:1"],
         keys: Some(&[(1, KS_RO)]),
     },
     GetKeysCase {
-        argv: &["SUNIONSTORE", "key:1", "key:2"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SUNIONSTORE", "key:1", "key:2", "key:3"],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (2, KS_RO | KS_ACCESS),
-            (3, KS_RO | KS_ACCESS),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["SUNION", "key:1"],
+        argv: &["ZCOUNT", "key:1", "1.5", "1.5"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SUNION", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
+        argv: &["ZDIFF", "1", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZDIFF", "2", "key:1", "key:2", "WITHSCORES"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZDIFFSTORE", "key:1", "1", "key:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZDIFFSTORE", "key:1", "2", "key:2", "key:3"],
+        keys: Some(&[
+            (1, KS_OW | KS_UPDATE),
+            (3, KS_RO | KS_ACCESS),
+            (4, KS_RO | KS_ACCESS),
+        ]),
+    },
+    GetKeysCase {
+        argv: &["ZINCRBY", "key:1", "1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
     },
     GetKeysCase {
         argv: &["ZINTER", "1", "key:1"],
@@ -2330,136 +2341,233 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SSCAN", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["ZINTERCARD", "1", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["ZINTERCARD", "2", "key:1", "key:2", "LIMIT", "1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SETBIT", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
+        argv: &["ZINTERSTORE", "key:1", "1", "key:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["ZCOUNT", "key:1", "1.5", "1.5"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SINTERSTORE", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SINTERSTORE", "key:1", "key:2", "key:3"],
+        argv: &[
+            "ZINTERSTORE",
+            "key:1",
+            "2",
+            "key:2",
+            "key:3",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "SUM",
+        ],
         keys: Some(&[
-            (1, KS_RW | KS_UPDATE),
-            (2, KS_RO | KS_ACCESS),
+            (1, KS_OW | KS_UPDATE),
             (3, KS_RO | KS_ACCESS),
+            (4, KS_RO | KS_ACCESS),
         ]),
     },
     GetKeysCase {
-        argv: &["RENAMENX", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_OW | KS_INSERT)]),
+        argv: &[
+            "ZINTERSTORE",
+            "key:1",
+            "2",
+            "key:2",
+            "key:3",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "MAX",
+        ],
+        keys: Some(&[
+            (1, KS_OW | KS_UPDATE),
+            (3, KS_RO | KS_ACCESS),
+            (4, KS_RO | KS_ACCESS),
+        ]),
     },
     GetKeysCase {
-        argv: &["PEXPIRE", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZLEXCOUNT", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PEXPIRE", "key:1", "1", "NX"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZMPOP", "1", "key:1", "MIN"],
+        keys: Some(&[(2, KS_RW | KS_ACCESS | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["PEXPIRE", "key:1", "1", "LT"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZMPOP", "2", "key:1", "key:2", "MIN", "COUNT", "1"],
+        keys: Some(&[
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
+            (3, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
     },
     GetKeysCase {
-        argv: &["EXPIRE", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZMPOP", "2", "key:1", "key:2", "MAX", "COUNT", "1"],
+        keys: Some(&[
+            (2, KS_RW | KS_ACCESS | KS_DELETE),
+            (3, KS_RW | KS_ACCESS | KS_DELETE),
+        ]),
     },
     GetKeysCase {
-        argv: &["EXPIRE", "key:1", "1", "NX"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZMSCORE", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["EXPIRE", "key:1", "1", "LT"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZMSCORE", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SDIFFSTORE", "key:1", "key:2"],
+        argv: &["ZPOPMAX", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZPOPMAX", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZPOPMIN", "key:1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZPOPMIN", "key:1", "1"],
+        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANDMEMBER", "key:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANDMEMBER", "key:1", "1", "WITHSCORES"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANGE", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "ZRANGE",
+            "key:1",
+            "str:1",
+            "str:2",
+            "BYSCORE",
+            "REV",
+            "LIMIT",
+            "1",
+            "1",
+            "WITHSCORES",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "ZRANGE",
+            "key:1",
+            "str:1",
+            "str:2",
+            "BYLEX",
+            "REV",
+            "LIMIT",
+            "1",
+            "1",
+            "WITHSCORES",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANGEBYLEX", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANGEBYLEX", "key:1", "str:1", "str:2", "LIMIT", "1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANGEBYSCORE", "key:1", "1.5", "1.5"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "ZRANGEBYSCORE",
+            "key:1",
+            "1.5",
+            "1.5",
+            "WITHSCORES",
+            "LIMIT",
+            "1",
+            "1",
+        ],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZRANGESTORE", "key:1", "key:2", "str:1", "str:2"],
         keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["SDIFFSTORE", "key:1", "key:2", "key:3"],
-        keys: Some(&[
-            (1, KS_OW | KS_UPDATE),
-            (2, KS_RO | KS_ACCESS),
-            (3, KS_RO | KS_ACCESS),
-        ]),
+        argv: &[
+            "ZRANGESTORE",
+            "key:1",
+            "key:2",
+            "str:1",
+            "str:2",
+            "BYSCORE",
+            "REV",
+            "LIMIT",
+            "1",
+            "1",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &[
+            "ZRANGESTORE",
+            "key:1",
+            "key:2",
+            "str:1",
+            "str:2",
+            "BYLEX",
+            "REV",
+            "LIMIT",
+            "1",
+            "1",
+        ],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &["ZRANK", "key:1", "str:1"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["PERSIST", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZREM", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["LRANGE", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &["ZREM", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZREMRANGEBYLEX", "key:1", "str:1", "str:2"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
     },
     GetKeysCase {
         argv: &["ZREMRANGEBYRANK", "key:1", "1", "1"],
         keys: Some(&[(1, KS_RW | KS_DELETE)]),
     },
     GetKeysCase {
-        argv: &["SMEMBERS", "key:1"],
+        argv: &["ZREMRANGEBYSCORE", "key:1", "1.5", "1.5"],
+        keys: Some(&[(1, KS_RW | KS_DELETE)]),
+    },
+    GetKeysCase {
+        argv: &["ZREVRANGE", "key:1", "1", "1"],
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["XLEN", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["OBJECT", "ENCODING", "key:1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["OBJECT", "FREQ", "key:1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["OBJECT", "IDLETIME", "key:1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["OBJECT", "REFCOUNT", "key:1"],
-        keys: Some(&[(2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["RPUSH", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["RPUSH", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["XDEL", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["XDEL", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["HMSET", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["HMSET", "key:1", "str:1", "str:2", "str:3", "str:4"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZREVRANGE", "key:1", "1", "1", "WITHSCORES"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &["ZREVRANGEBYLEX", "key:1", "str:1", "str:2"],
@@ -2478,220 +2586,112 @@ pub(super) static GETKEYS_CASES: &[GetKeysCase] = &[
         keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["XSETID", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        argv: &["ZREVRANGEBYSCORE", "key:1", "1.5", "1.5"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "XSETID",
+            "ZREVRANGEBYSCORE",
             "key:1",
-            "str:1",
-            "ENTRIESADDED",
-            "1",
-            "MAXDELETEDID",
-            "str:2",
-        ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["EXISTS", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["EXISTS", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO), (2, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["HMGET", "key:1", "str:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["HMGET", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SUBSTR", "key:1", "1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["DECR", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["BRPOP", "key:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["BRPOP", "key:1", "key:2", "1.5"],
-        keys: Some(&[
-            (1, KS_RW | KS_ACCESS | KS_DELETE),
-            (2, KS_RW | KS_ACCESS | KS_DELETE),
-        ]),
-    },
-    GetKeysCase {
-        argv: &["LINDEX", "key:1", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SDIFF", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SDIFF", "key:1", "key:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS), (2, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BRPOPLPUSH", "key:1", "key:2", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE), (2, KS_RW | KS_INSERT)]),
-    },
-    GetKeysCase {
-        argv: &["SET", "key:1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["SET", "key:1", "str:1", "NX", "GET", "EX", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["SET", "key:1", "str:1", "XX", "GET", "KEEPTTL"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["EVAL_RO", "str:1", "0"],
-        keys: Some(&[]),
-    },
-    GetKeysCase {
-        argv: &["EVAL_RO", "str:1", "2", "key:1", "key:2", "str:2", "str:3"],
-        keys: Some(&[(3, KS_RO | KS_ACCESS), (4, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XADD", "key:1", "*", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "XADD",
-            "key:1",
-            "NOMKSTREAM",
-            "MAXLEN",
-            "=",
-            "str:1",
+            "1.5",
+            "1.5",
+            "WITHSCORES",
             "LIMIT",
             "1",
-            "*",
-            "str:2",
-            "str:3",
-            "str:4",
-            "str:5",
-        ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &[
-            "XADD",
-            "key:1",
-            "NOMKSTREAM",
-            "MINID",
-            "~",
-            "str:1",
-            "LIMIT",
             "1",
-            "str:2",
-            "str:3",
-            "str:4",
-            "str:5",
-            "str:6",
         ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
-        argv: &["RESTORE", "key:1", "1", "str:1"],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
+        argv: &["ZREVRANK", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZSCAN", "key:1", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZSCAN", "key:1", "1", "MATCH", "pat:1:*", "COUNT", "1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZSCORE", "key:1", "str:1"],
+        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZUNION", "1", "key:1"],
+        keys: Some(&[(2, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "RESTORE", "key:1", "1", "str:1", "REPLACE", "ABSTTL", "IDLETIME", "1", "FREQ", "1",
+            "ZUNION",
+            "2",
+            "key:1",
+            "key:2",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "SUM",
+            "WITHSCORES",
         ],
-        keys: Some(&[(1, KS_OW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["ZADD", "key:1", "1.5", "str:1"],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "ZADD", "key:1", "NX", "GT", "CH", "INCR", "1.5", "str:1", "1.5", "str:2",
+            "ZUNION",
+            "2",
+            "key:1",
+            "key:2",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "MAX",
+            "WITHSCORES",
         ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
+        keys: Some(&[(2, KS_RO | KS_ACCESS), (3, KS_RO | KS_ACCESS)]),
+    },
+    GetKeysCase {
+        argv: &["ZUNIONSTORE", "key:1", "1", "key:2"],
+        keys: Some(&[(1, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
     },
     GetKeysCase {
         argv: &[
-            "ZADD", "key:1", "XX", "LT", "CH", "INCR", "1.5", "str:1", "1.5", "str:2",
+            "ZUNIONSTORE",
+            "key:1",
+            "2",
+            "key:2",
+            "key:3",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "SUM",
         ],
-        keys: Some(&[(1, KS_RW | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["BITOP", "str:1", "key:1", "key:2"],
-        keys: Some(&[(2, KS_OW | KS_UPDATE), (3, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["BITOP", "str:1", "key:1", "key:2", "key:3"],
         keys: Some(&[
-            (2, KS_OW | KS_UPDATE),
+            (1, KS_OW | KS_UPDATE),
             (3, KS_RO | KS_ACCESS),
             (4, KS_RO | KS_ACCESS),
         ]),
     },
     GetKeysCase {
-        argv: &["XRANGE", "key:1", "str:1", "str:2"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["XRANGE", "key:1", "str:1", "str:2", "COUNT", "1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["SCARD", "key:1"],
-        keys: Some(&[(1, KS_RO)]),
-    },
-    GetKeysCase {
-        argv: &["ZPOPMIN", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZPOPMIN", "key:1", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["INCRBYFLOAT", "key:1", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["GETEX", "key:1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["GETEX", "key:1", "EX", "1"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["GETEX", "key:1", "PERSIST"],
-        keys: Some(&[(1, KS_RW | KS_ACCESS | KS_UPDATE)]),
-    },
-    GetKeysCase {
-        argv: &["EXPIRETIME", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZREMRANGEBYSCORE", "key:1", "1.5", "1.5"],
-        keys: Some(&[(1, KS_RW | KS_DELETE)]),
-    },
-    GetKeysCase {
-        argv: &["ZRANDMEMBER", "key:1"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
-    },
-    GetKeysCase {
-        argv: &["ZRANDMEMBER", "key:1", "1", "WITHSCORES"],
-        keys: Some(&[(1, KS_RO | KS_ACCESS)]),
+        argv: &[
+            "ZUNIONSTORE",
+            "key:1",
+            "2",
+            "key:2",
+            "key:3",
+            "WEIGHTS",
+            "1",
+            "1",
+            "AGGREGATE",
+            "MAX",
+        ],
+        keys: Some(&[
+            (1, KS_OW | KS_UPDATE),
+            (3, KS_RO | KS_ACCESS),
+            (4, KS_RO | KS_ACCESS),
+        ]),
     },
 ];

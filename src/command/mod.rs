@@ -12,7 +12,12 @@
 //! `Unknown` or `INCOMPLETE` spec, or `VARIABLE_FLAGS`) use a hand-written port of the C
 //! `getkeys_proc` instead, so the result is never a silent subset of the keys. Keys the request
 //! does not name at all (SORT's BY/GET patterns) are reported by
-//! [`CommandSpec::reads_pattern_keys`].
+//! [`CommandSpec::reads_pattern_keys`]. Scripts and functions (EVAL, FCALL) are only as
+//! honest as their declared keys: Redis does not stop a standalone server's script from
+//! touching others.
+//!
+//! An unknown command has no row, and [`lookup`] returns `None` for it: where such a command
+//! keeps its keys is never guessed.
 
 use std::cmp::Ordering;
 
