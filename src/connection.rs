@@ -17,15 +17,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::codec::{self, Argv, Limits, ReplyFrame, ReplyScanner, Request, Span};
 use crate::command::{self, CommandSpec, CMD_BLOCKING};
 use crate::listener::Shared;
-use crate::metrics::Outcome;
-use crate::policy::{Policy, Scratch, Verdict};
-use crate::upstream::{handshake_commands, handshake_len, Upstream, UpstreamError};
+use crate::metrics::{self, NsTable, Outcome};
+use crate::policy::{NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED};
+use crate::upstream::{
+    handshake_commands, handshake_len, UpRead, UpWrite, Upstream, UpstreamError,
+};
 
 /// Stop reading more commands while this much is waiting to be written either way.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -56,11 +63,46 @@ enum Kind {
 #[derive(Debug)]
 struct Pending {
     kind: Kind,
+    meta: Meta,
+}
+
+/// What metrics need to know about a command once its reply is there.
+#[derive(Debug)]
+struct Meta {
     /// Command-table row, for metrics.
     cmd: Option<usize>,
+    /// Namespace of the first key (`NS_NONE` for keyless commands), for metrics.
+    ns: NsId,
+    /// Namespaces of every key, kept only for reads counted per key (`MGET`, `EXISTS`).
+    key_ns: Option<Box<[NsId]>>,
+    /// What the policy did, recorded with the reply.
+    actions: Option<Box<[(NsId, PolicyAction)]>>,
+    /// How many arguments follow the command name (the key count of `EXISTS`).
+    nkeys: u32,
     /// Blocking commands are exempt from the upstream read timeout.
     blocking: bool,
+    /// When the command was read (its batch's read).
     start: Instant,
+    /// When its batch was handed to the upstream socket.
+    sent: Option<Instant>,
+}
+
+impl Pending {
+    fn new(kind: Kind, cmd: Option<usize>, start: Instant) -> Pending {
+        Pending {
+            kind,
+            meta: Meta {
+                cmd,
+                ns: NS_NONE,
+                key_ns: None,
+                actions: None,
+                nkeys: 0,
+                blocking: false,
+                start,
+                sent: None,
+            },
+        }
+    }
 }
 
 /// Connection-level behaviour of the few commands that change how replies are paired.
@@ -178,6 +220,9 @@ struct Conn {
     scanner: ReplyScanner,
     policy: Option<Arc<Policy>>,
     policy_gen: u64,
+    ns_table: Arc<NsTable>,
+    /// Read time of the batch being processed.
+    batch_start: Instant,
     ever_connected: bool,
     resp3: bool,
     subs: i64,
@@ -211,6 +256,8 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::
         scanner: ReplyScanner::new(),
         policy: None,
         policy_gen: u64::MAX,
+        ns_table: shared.namespace_table(),
+        batch_start: Instant::now(),
         ever_connected: false,
         resp3: false,
         subs: 0,
@@ -221,35 +268,93 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::
         closing: false,
         shared,
     };
-    let mut upstream = match Upstream::connect(&cfg.upstream, &limits).await {
+    let mut up = Up::default();
+    match Upstream::connect(&cfg.upstream, &limits).await {
         Ok(u) => {
             conn.ever_connected = true;
-            Some(u)
+            up.attach(u);
         }
         Err(e) => {
             conn.shared.metrics.upstream_error(e.kind());
             tracing::warn!(error = %e, "upstream connect failed; commands will get errors until it is back");
-            None
         }
-    };
+    }
     let read_timeout = cfg.upstream.read_timeout;
     drop(cfg);
-    if let Err(e) = conn
-        .run(&client, &mut upstream, &mut shutdown, read_timeout)
-        .await
-    {
+    if let Err(e) = conn.run(client, &mut up, &mut shutdown, read_timeout).await {
         tracing::debug!(error = %e, "connection ended");
+    }
+}
+
+/// The upstream connection's halves, absent while Redis is unreachable.
+#[derive(Default)]
+struct Up {
+    rd: Option<UpRead>,
+    wr: Option<UpWrite>,
+}
+
+impl Up {
+    fn attach(&mut self, u: Upstream) {
+        let (r, w) = u.into_split();
+        self.rd = Some(r);
+        self.wr = Some(w);
+    }
+
+    fn detach(&mut self) {
+        self.rd = None;
+        self.wr = None;
+    }
+
+    fn connected(&self) -> bool {
+        self.wr.is_some()
+    }
+}
+
+async fn up_readable(rd: Option<&UpRead>) -> io::Result<()> {
+    match rd {
+        Some(r) => r.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn up_writable(wr: Option<&UpWrite>) -> io::Result<()> {
+    match wr {
+        Some(w) => w.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls a read once without waiting: `Ok(None)` when no data is there.
+///
+/// Reading through `AsyncRead` (rather than `try_read`) lets tokio clear the readiness flag on
+/// a short read, which saves the extra `recv` returning `EAGAIN` that would otherwise follow
+/// every read: one syscall less per request and direction.
+pub fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let fut = std::pin::pin!(r.read_buf(buf));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(n)) => Ok(Some(n)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(None),
+    }
+}
+
+/// Leaves room for one read without growing an idle connection's buffer before data arrives.
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
     }
 }
 
 impl Conn {
     async fn run(
         &mut self,
-        client: &TcpStream,
-        upstream: &mut Option<Upstream>,
+        client: TcpStream,
+        up: &mut Up,
         shutdown: &mut watch::Receiver<bool>,
         read_timeout: Duration,
     ) -> Result<(), ConnError> {
+        let (mut crd, cwr) = client.into_split();
         let mut draining = *shutdown.borrow();
         let mut client_eof = false;
         loop {
@@ -269,75 +374,98 @@ impl Conn {
                 && self.uout.len() < HIGH_WATER
                 && self.cout.len() < HIGH_WATER
                 && self.pending.len() < MAX_PENDING;
-            let read_up = upstream.is_some() && self.cout.len() < HIGH_WATER;
-            let write_up = upstream.is_some() && !self.uout.is_empty();
+            let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
+            let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
-            let deadline = self.read_deadline(read_timeout, upstream.is_some());
+            let deadline = self.read_deadline(read_timeout, up.connected());
 
             tokio::select! {
-                r = client.readable(), if read_client => {
+                r = crd.readable(), if read_client => {
                     r.map_err(ConnError::Client)?;
-                    self.cbuf.reserve(READ_CHUNK);
-                    match client.try_read_buf(&mut self.cbuf) {
-                        Ok(0) => client_eof = true,
-                        Ok(_) => {
+                    reserve_for_read(&mut self.cbuf);
+                    match read_now(&mut crd, &mut self.cbuf) {
+                        Ok(Some(0)) => client_eof = true,
+                        Ok(Some(_)) => {
                             self.refresh_policy();
                             self.process_client();
-                            if !self.uout.is_empty() && upstream.is_none() {
-                                self.reconnect(upstream).await;
+                            if !self.uout.is_empty() && !up.connected() {
+                                self.reconnect(up).await;
                             }
-                            if let Some(up) = upstream.as_ref() {
-                                if let Err(e) = flush_upstream(up, &mut self.uout) {
-                                    self.upstream_failed(upstream, e.into());
+                            if let Some(w) = up.wr.as_ref() {
+                                let first_new = self.pending.len() - self.batch_len();
+                                if let Err(e) = flush_upstream(w, &mut self.uout) {
+                                    self.upstream_failed(up, e.into());
+                                } else {
+                                    self.stamp_sent(first_new);
                                 }
                             }
-                            flush_client(client, &mut self.cout).map_err(ConnError::Client)?;
+                            flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Ok(None) => {}
                         Err(e) => return Err(ConnError::Client(e)),
                     }
                 }
-                r = async { match upstream.as_ref() { Some(u) => u.readable().await, None => std::future::pending().await } }, if read_up => {
-                    let res = match (r, upstream.as_ref()) {
+                r = up_readable(up.rd.as_ref()), if read_up => {
+                    let res = match (r, up.rd.as_mut()) {
                         (Err(e), _) => Err(UpstreamError::Io(e)),
-                        (Ok(()), Some(up)) => {
-                            self.ubuf.reserve(READ_CHUNK);
-                            match up.try_read_buf(&mut self.ubuf) {
-                                Ok(0) => Err(UpstreamError::Closed),
-                                Ok(_) => self.process_upstream(),
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                        (Ok(()), Some(rd)) => {
+                            reserve_for_read(&mut self.ubuf);
+                            match rd.read_now(&mut self.ubuf) {
+                                Ok(Some(0)) => Err(UpstreamError::Closed),
+                                Ok(Some(_)) => self.process_upstream(),
+                                Ok(None) => Ok(()),
                                 Err(e) => Err(UpstreamError::Io(e)),
                             }
                         }
                         (Ok(()), None) => Ok(()),
                     };
                     if let Err(e) = res {
-                        self.upstream_failed(upstream, e);
+                        self.upstream_failed(up, e);
                     }
-                    flush_client(client, &mut self.cout).map_err(ConnError::Client)?;
+                    flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
-                r = async { match upstream.as_ref() { Some(u) => u.writable().await, None => std::future::pending().await } }, if write_up => {
-                    let res = r.and_then(|()| match upstream.as_ref() {
-                        Some(up) => flush_upstream(up, &mut self.uout),
+                r = up_writable(up.wr.as_ref()), if write_up => {
+                    let res = r.and_then(|()| match up.wr.as_ref() {
+                        Some(w) => flush_upstream(w, &mut self.uout),
                         None => Ok(()),
                     });
                     if let Err(e) = res {
-                        self.upstream_failed(upstream, e.into());
-                        flush_client(client, &mut self.cout).map_err(ConnError::Client)?;
+                        self.upstream_failed(up, e.into());
+                        flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                     }
                 }
-                r = client.writable(), if write_client => {
+                r = cwr.writable(), if write_client => {
                     r.map_err(ConnError::Client)?;
-                    flush_client(client, &mut self.cout).map_err(ConnError::Client)?;
+                    flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
                 _ = shutdown.changed(), if !draining => {
                     draining = true;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.upstream_failed(upstream, UpstreamError::ReadTimeout(read_timeout.as_millis()));
-                    flush_client(client, &mut self.cout).map_err(ConnError::Client)?;
+                    self.upstream_failed(up, UpstreamError::ReadTimeout(read_timeout.as_millis()));
+                    flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
             }
+        }
+    }
+
+    /// How many entries at the back of the queue belong to the batch just processed.
+    fn batch_len(&self) -> usize {
+        self.pending
+            .iter()
+            .rev()
+            .take_while(|p| p.meta.start == self.batch_start && p.meta.sent.is_none())
+            .count()
+    }
+
+    /// Marks when the batch went upstream, for the upstream share of the latency.
+    fn stamp_sent(&mut self, first_new: usize) {
+        if first_new >= self.pending.len() {
+            return;
+        }
+        let now = Instant::now();
+        for p in self.pending.range_mut(first_new..) {
+            p.meta.sent = Some(now);
         }
     }
 
@@ -350,22 +478,24 @@ impl Conn {
             .pending
             .iter()
             .find(|p| !matches!(p.kind, Kind::Local(..)))?;
-        if front.blocking {
+        if front.meta.blocking {
             return None;
         }
-        Some(tokio::time::Instant::from_std(front.start + timeout))
+        Some(tokio::time::Instant::from_std(front.meta.start + timeout))
     }
 
     fn refresh_policy(&mut self) {
         let gen = self.shared.policy_generation();
         if gen != self.policy_gen {
             self.policy = self.shared.policy();
+            self.ns_table = self.shared.namespace_table();
             self.policy_gen = gen;
         }
     }
 
     /// Handles every complete command in the client buffer.
     fn process_client(&mut self) {
+        self.batch_start = Instant::now();
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
         while off < buf.len() && !self.closing {
@@ -430,27 +560,30 @@ impl Conn {
 
     /// Queues a reply the proxy makes itself, in order with upstream replies.
     fn push_local(&mut self, bytes: Bytes, outcome: Outcome, cmd: Option<usize>) {
-        self.pending.push_back(Pending {
-            kind: Kind::Local(bytes, outcome),
-            cmd,
-            blocking: false,
-            start: Instant::now(),
-        });
+        let mut p = Pending::new(Kind::Local(bytes, outcome), cmd, self.batch_start);
+        p.meta.ns = self.scratch.namespace;
+        p.meta.actions = self.take_actions();
+        self.pending.push_back(p);
         self.drain_locals();
     }
 
     fn push(&mut self, kind: Kind, cmd: Option<usize>, blocking: bool, start: Instant) {
-        self.pending.push_back(Pending {
-            kind,
-            cmd,
-            blocking,
-            start,
-        });
+        let mut p = Pending::new(kind, cmd, start);
+        p.meta.blocking = blocking;
+        self.pending.push_back(p);
+    }
+
+    fn take_actions(&mut self) -> Option<Box<[(NsId, PolicyAction)]>> {
+        if self.scratch.actions.is_empty() {
+            None
+        } else {
+            Some(self.scratch.actions.as_slice().into())
+        }
     }
 
     /// One command: policy, connection-state tracking, and forwarding.
     fn handle(&mut self, argv: Argv<'_>, raw: &[u8]) {
-        let start = Instant::now();
+        let start = self.batch_start;
         let spec = command::lookup(&argv);
         let cmd = spec.map(|s| s.index());
         if self.monitor {
@@ -460,7 +593,16 @@ impl Conn {
         }
         let verdict = match &self.policy {
             Some(p) => p.check(&argv, spec, &mut self.scratch),
-            None => Verdict::Forward,
+            None => {
+                // No policy: no namespaces; keyed commands count as unmatched.
+                self.scratch.actions.clear();
+                self.scratch.key_ns.clear();
+                self.scratch.namespace = match spec {
+                    Some(s) if s.has_keys() => NS_UNMATCHED,
+                    _ => NS_NONE,
+                };
+                Verdict::Forward
+            }
         };
         let (rewritten, append) = match verdict {
             Verdict::Forward => (None, Vec::new()),
@@ -537,7 +679,15 @@ impl Conn {
             }
             None => self.send(raw),
         }
-        self.push(kind, cmd, blocking, start);
+        let mut entry = Pending::new(kind, cmd, start);
+        entry.meta.blocking = blocking;
+        entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
+        entry.meta.ns = self.scratch.namespace;
+        entry.meta.actions = self.take_actions();
+        if self.scratch.key_ns.len() > 1 && metrics::counts_per_key(cmd) {
+            entry.meta.key_ns = Some(self.scratch.key_ns.as_slice().into());
+        }
+        self.pending.push_back(entry);
         for extra in append {
             let mut b = BytesMut::new();
             codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
@@ -566,7 +716,7 @@ impl Conn {
 
     /// Connects an upstream that was down; on failure every command of this batch gets the
     /// error, and the client may try again later.
-    async fn reconnect(&mut self, upstream: &mut Option<Upstream>) {
+    async fn reconnect(&mut self, up: &mut Up) {
         if self.ever_connected {
             return;
         }
@@ -574,7 +724,7 @@ impl Conn {
         match Upstream::connect(&cfg.upstream, &self.limits).await {
             Ok(u) => {
                 self.ever_connected = true;
-                *upstream = Some(u);
+                up.attach(u);
             }
             Err(e) => {
                 self.shared.metrics.upstream_error(e.kind());
@@ -597,16 +747,12 @@ impl Conn {
             match p.kind {
                 Kind::Local(b, outcome) => {
                     self.cout.extend_from_slice(&b);
-                    self.shared
-                        .metrics
-                        .command_done(p.cmd, outcome, p.start.elapsed());
+                    self.record(&p.meta, outcome, None);
                 }
                 Kind::Hidden => {}
                 _ => {
                     self.cout.extend_from_slice(&err);
-                    self.shared
-                        .metrics
-                        .command_done(p.cmd, Outcome::Error, p.start.elapsed());
+                    self.record(&p.meta, Outcome::Error, None);
                 }
             }
         }
@@ -614,14 +760,14 @@ impl Conn {
 
     /// The upstream broke: answer what is outstanding with the error and close the client,
     /// because the connection state it built up is gone.
-    fn upstream_failed(&mut self, upstream: &mut Option<Upstream>, e: UpstreamError) {
+    fn upstream_failed(&mut self, up: &mut Up, e: UpstreamError) {
         self.shared.metrics.upstream_error(e.kind());
         if self.pending.is_empty() {
             tracing::debug!(error = %e, "upstream closed an idle connection");
         } else {
             tracing::warn!(error = %e, outstanding = self.pending.len(), "upstream failed mid-request");
         }
-        *upstream = None;
+        up.detach();
         self.uout.clear();
         self.fail_pending(&e.to_string());
         self.closing = true;
@@ -701,15 +847,11 @@ impl Conn {
         {
             if let Some(Pending {
                 kind: Kind::Local(b, outcome),
-                cmd,
-                start,
-                ..
+                meta,
             }) = self.pending.pop_front()
             {
                 self.cout.extend_from_slice(&b);
-                self.shared
-                    .metrics
-                    .command_done(cmd, outcome, start.elapsed());
+                self.record(&meta, outcome, None);
             }
         }
     }
@@ -810,9 +952,7 @@ impl Conn {
                 if f.kind == b'*' && layout.iter().any(|v| !v) {
                     match self.filter_exec(bytes, f, &layout) {
                         Some(out) => {
-                            self.shared
-                                .metrics
-                                .command_done(p.cmd, outcome, p.start.elapsed());
+                            self.record(&p.meta, outcome, None);
                             return Action::Replace(out);
                         }
                         None => {
@@ -825,9 +965,7 @@ impl Conn {
                 true
             }
         };
-        self.shared
-            .metrics
-            .command_done(p.cmd, outcome, p.start.elapsed());
+        self.record(&p.meta, outcome, Some(&bytes[f.value_at..]));
         if forward {
             Action::Forward
         } else {
@@ -837,10 +975,51 @@ impl Conn {
 
     fn pop_done(&mut self, outcome: Outcome) {
         if let Some(p) = self.pending.pop_front() {
-            self.shared
-                .metrics
-                .command_done(p.cmd, outcome, p.start.elapsed());
+            self.record(&p.meta, outcome, None);
         }
+    }
+
+    /// Records one finished command: the single place where a command's metrics are taken,
+    /// after its reply. `reply` is the reply value when Redis sent one.
+    fn record(&self, m: &Meta, outcome: Outcome, reply: Option<&[u8]>) {
+        let now = Instant::now();
+        let t = &self.ns_table;
+        t.command(m.cmd, m.ns, outcome);
+        if let Some(actions) = &m.actions {
+            for (ns, a) in actions.iter() {
+                match a {
+                    PolicyAction::TtlDefault | PolicyAction::TtlAppended => t.ttl(*ns, 0),
+                    PolicyAction::TtlLowered => t.ttl(*ns, 1),
+                    PolicyAction::TtlRaised => t.ttl(*ns, 2),
+                    PolicyAction::Rejected(rule) => {
+                        if matches!(
+                            rule,
+                            crate::policy::Rule::Ttl | crate::policy::Rule::Persist
+                        ) {
+                            t.ttl(*ns, 3);
+                        }
+                        t.rejection(*ns, rule.label());
+                    }
+                }
+            }
+        }
+        if let (Some(reply), Outcome::Ok) = (reply, outcome) {
+            let nkeys = m.nkeys as usize;
+            metrics::count_lookups(
+                t,
+                m.cmd,
+                m.ns,
+                m.key_ns.as_deref(),
+                nkeys,
+                reply,
+                &self.limits,
+            );
+        }
+        self.shared.metrics.latency(
+            m.cmd,
+            now.saturating_duration_since(m.start),
+            m.sent.map(|s| now.saturating_duration_since(s)),
+        );
     }
 
     fn reset_state(&mut self) {
@@ -889,7 +1068,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Writes as much as the socket takes now; the rest waits for writability.
-fn flush_upstream(up: &Upstream, out: &mut BytesMut) -> io::Result<()> {
+fn flush_upstream(up: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
     while !out.is_empty() {
         match up.try_write(out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -902,7 +1081,7 @@ fn flush_upstream(up: &Upstream, out: &mut BytesMut) -> io::Result<()> {
     Ok(())
 }
 
-fn flush_client(client: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+fn flush_client(client: &OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
     while !out.is_empty() {
         match client.try_write(out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NsTable};
 use crate::policy::Policy;
 
 /// State shared by every connection of one proxy.
@@ -25,6 +25,8 @@ pub struct Shared {
     /// new policy between batches, so a switch is atomic per command.
     policy_gen: AtomicU64,
     pub metrics: Metrics,
+    /// The namespace handle table of the current policy generation, built once per reload.
+    ns_table: Mutex<Option<(u64, Arc<NsTable>)>>,
     clients: AtomicUsize,
 }
 
@@ -36,6 +38,7 @@ impl Shared {
             policy: RwLock::new(policy),
             policy_gen: AtomicU64::new(0),
             metrics: Metrics::new(),
+            ns_table: Mutex::new(None),
             clients: AtomicUsize::new(0),
         }
     }
@@ -80,6 +83,27 @@ impl Shared {
             Err(p) => *p.into_inner() = policy,
         }
         self.policy_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Per-namespace metric handles for the policy in force.
+    pub fn namespace_table(&self) -> Arc<NsTable> {
+        let mut guard = match self.ns_table.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let gen = self.policy_generation();
+        if let Some((g, t)) = guard.as_ref() {
+            if *g == gen {
+                return t.clone();
+            }
+        }
+        let names: Vec<String> = self
+            .policy()
+            .map(|p| p.namespace_names().to_vec())
+            .unwrap_or_default();
+        let t = self.metrics.namespace_table(&names);
+        *guard = Some((gen, t.clone()));
+        t
     }
 
     pub fn client_count(&self) -> usize {

@@ -6,13 +6,15 @@
 //! Label values are bounded: command names come from the command table (`_other` otherwise),
 //! never from client input.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::command::CommandSpec;
+use crate::policy::{NsId, NS_NONE, NS_UNMATCHED};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -28,15 +30,178 @@ pub enum Outcome {
 }
 
 struct CommandHandles {
+    duration: Histogram,
+    upstream: Histogram,
+}
+
+/// Counters of one (command, namespace) pair.
+struct CellHandles {
     ok: Counter,
     error: Counter,
     rejected: Counter,
-    duration: Histogram,
+    hits: Counter,
+    misses: Counter,
+}
+
+/// Result of reading a key, for the hit/miss counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+}
+
+/// Label values of `respguard_ttl_enforced_total{action}`.
+pub const TTL_ACTIONS: [&str; 4] = ["added", "clamped", "raised", "refused"];
+
+/// Per-namespace handles for one policy generation. Namespace ids index `names`; a reload
+/// builds a new table, and registering the same label set again yields the same series, so
+/// counts continue across reloads.
+pub struct NsTable {
+    recorder: Arc<PrometheusRecorder>,
+    /// Configured namespace names, then `_unmatched`, then `_none`.
+    names: Vec<String>,
+    cells: Vec<OnceLock<CellHandles>>,
+    ttl: Vec<OnceLock<[Counter; 4]>>,
+    rejections: Mutex<HashMap<(usize, &'static str), Counter>>,
+    sensitive: Mutex<HashMap<(usize, String, &'static str), Counter>>,
+}
+
+impl NsTable {
+    fn slot(&self, ns: NsId) -> usize {
+        let configured = self.names.len() - 2;
+        match ns {
+            NS_NONE => configured + 1,
+            NS_UNMATCHED => configured,
+            n if usize::from(n) < configured => usize::from(n),
+            _ => configured,
+        }
+    }
+
+    fn cell(&self, cmd: Option<usize>, ns: NsId) -> &CellHandles {
+        let cmd_slot = cmd
+            .filter(|i| *i < CommandSpec::count())
+            .unwrap_or(CommandSpec::count());
+        let ns_slot = self.slot(ns);
+        let idx = cmd_slot * self.names.len() + ns_slot;
+        self.cells[idx].get_or_init(|| {
+            let command = command_label(cmd);
+            let namespace = self.names[ns_slot].clone();
+            let key = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
+                let mut labels = vec![
+                    Label::new("command", command),
+                    Label::new("namespace", namespace.clone()),
+                ];
+                if let Some((k, v)) = extra {
+                    labels.push(Label::new(k, v));
+                }
+                self.recorder
+                    .register_counter(&Key::from_parts(name, labels), &META)
+            };
+            CellHandles {
+                ok: key("respguard_commands_total", Some(("result", "ok"))),
+                error: key("respguard_commands_total", Some(("result", "error"))),
+                rejected: key("respguard_commands_total", Some(("result", "rejected"))),
+                hits: key("respguard_cache_hits_total", None),
+                misses: key("respguard_cache_misses_total", None),
+            }
+        })
+    }
+
+    /// Counts one finished command for its namespace.
+    pub fn command(&self, cmd: Option<usize>, ns: NsId, outcome: Outcome) {
+        let c = self.cell(cmd, ns);
+        match outcome {
+            Outcome::Ok => c.ok.increment(1),
+            Outcome::Error => c.error.increment(1),
+            Outcome::Rejected => c.rejected.increment(1),
+        }
+    }
+
+    /// Counts hits or misses of a read.
+    pub fn lookup(&self, cmd: Option<usize>, ns: NsId, result: Lookup, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let c = self.cell(cmd, ns);
+        match result {
+            Lookup::Hit => c.hits.increment(n),
+            Lookup::Miss => c.misses.increment(n),
+        }
+    }
+
+    /// Counts a TTL action; `action` indexes [`TTL_ACTIONS`].
+    pub fn ttl(&self, ns: NsId, action: usize) {
+        let slot = self.slot(ns);
+        let counters = self.ttl[slot].get_or_init(|| {
+            TTL_ACTIONS.map(|a| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        "respguard_ttl_enforced_total",
+                        vec![
+                            Label::new("namespace", self.names[slot].clone()),
+                            Label::new("action", a),
+                        ],
+                    ),
+                    &META,
+                )
+            })
+        });
+        if let Some(c) = counters.get(action) {
+            c.increment(1);
+        }
+    }
+
+    /// Counts a refused command by rule. Rare, so a locked map is fine.
+    pub fn rejection(&self, ns: NsId, rule: &'static str) {
+        let slot = self.slot(ns);
+        let mut map = match self.rejections.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry((slot, rule))
+            .or_insert_with(|| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        "respguard_policy_rejections_total",
+                        vec![
+                            Label::new("namespace", self.names[slot].clone()),
+                            Label::new("rule", rule),
+                        ],
+                    ),
+                    &META,
+                )
+            })
+            .increment(1);
+    }
+
+    /// Counts a sensitive field found; `field` is a configured field name (bounded).
+    pub fn sensitive(&self, ns: NsId, field: &str, action: &'static str) {
+        let slot = self.slot(ns);
+        let mut map = match self.sensitive.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry((slot, field.to_string(), action))
+            .or_insert_with(|| {
+                self.recorder.register_counter(
+                    &Key::from_parts(
+                        "respguard_sensitive_fields_total",
+                        vec![
+                            Label::new("namespace", self.names[slot].clone()),
+                            Label::new("field", field.to_string()),
+                            Label::new("action", action),
+                        ],
+                    ),
+                    &META,
+                )
+            })
+            .increment(1);
+    }
 }
 
 /// The proxy's metrics.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     pub client_connections: Gauge,
     pub connections_total: Counter,
@@ -94,7 +259,7 @@ impl Metrics {
                 .collect(),
             upstream_errors: OnceLock::new(),
             handle,
-            recorder,
+            recorder: Arc::new(recorder),
         };
         m.recorder.describe_counter(
             "respguard_commands_total".into(),
@@ -112,45 +277,51 @@ impl Metrics {
         m
     }
 
+    /// Builds the per-namespace handle table for a policy's namespace names.
+    pub fn namespace_table(&self, names: &[String]) -> Arc<NsTable> {
+        let mut all: Vec<String> = names.to_vec();
+        all.push("_unmatched".into());
+        all.push("_none".into());
+        let cells = (0..(CommandSpec::count() + 1) * all.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        Arc::new(NsTable {
+            recorder: self.recorder.clone(),
+            ttl: (0..all.len()).map(|_| OnceLock::new()).collect(),
+            names: all,
+            cells,
+            rejections: Mutex::new(HashMap::new()),
+            sensitive: Mutex::new(HashMap::new()),
+        })
+    }
+
     fn command(&self, index: Option<usize>) -> &CommandHandles {
         let slot = index
             .filter(|i| *i < CommandSpec::count())
             .unwrap_or(CommandSpec::count());
         self.commands[slot].get_or_init(|| {
             let name = command_label(index);
-            let c = |result: &'static str| {
-                self.recorder.register_counter(
-                    &Key::from_parts(
-                        "respguard_commands_total",
-                        vec![Label::new("command", name), Label::new("result", result)],
-                    ),
+            let h = |metric: &'static str| {
+                self.recorder.register_histogram(
+                    &Key::from_parts(metric, vec![Label::new("command", name)]),
                     &META,
                 )
             };
             CommandHandles {
-                ok: c("ok"),
-                error: c("error"),
-                rejected: c("rejected"),
-                duration: self.recorder.register_histogram(
-                    &Key::from_parts(
-                        "respguard_command_duration_seconds",
-                        vec![Label::new("command", name)],
-                    ),
-                    &META,
-                ),
+                duration: h("respguard_command_duration_seconds"),
+                upstream: h("respguard_upstream_duration_seconds"),
             }
         })
     }
 
-    /// Records one finished command: the single place per command where metrics are taken.
-    pub fn command_done(&self, index: Option<usize>, outcome: Outcome, elapsed: Duration) {
+    /// Records the latency of one finished command: total time in the proxy, and the Redis
+    /// round trip when it went upstream.
+    pub fn latency(&self, index: Option<usize>, total: Duration, upstream: Option<Duration>) {
         let h = self.command(index);
-        match outcome {
-            Outcome::Ok => h.ok.increment(1),
-            Outcome::Error => h.error.increment(1),
-            Outcome::Rejected => h.rejected.increment(1),
+        h.duration.record(total.as_secs_f64());
+        if let Some(u) = upstream {
+            h.upstream.record(u.as_secs_f64());
         }
-        h.duration.record(elapsed.as_secs_f64());
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
@@ -204,5 +375,132 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// How a read command's reply turns into hits and misses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadKind {
+    /// Not counted.
+    None,
+    /// One value: nil is a miss (`GET`, `GETEX`, `GETDEL`, `HGET`, `JSON.GET`).
+    Value,
+    /// An array with one value per key, nil a miss (`MGET`).
+    PerKey,
+    /// An array with one value per field of one key (`HMGET`).
+    PerField,
+    /// A collection: empty is a miss (`HGETALL`, `LRANGE`, `SMEMBERS`, `ZRANGE`).
+    Collection,
+    /// An integer count of the keys or fields that exist (`EXISTS`, `HEXISTS`).
+    Count,
+}
+
+fn read_kinds() -> &'static [ReadKind] {
+    static KINDS: OnceLock<Vec<ReadKind>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        let mut v = vec![ReadKind::None; CommandSpec::count()];
+        for spec in CommandSpec::all() {
+            let kind = match spec.name {
+                "GET" | "GETEX" | "GETDEL" | "HGET" | "JSON.GET" => ReadKind::Value,
+                "MGET" => ReadKind::PerKey,
+                "HMGET" => ReadKind::PerField,
+                "HGETALL" | "LRANGE" | "SMEMBERS" | "ZRANGE" => ReadKind::Collection,
+                "EXISTS" | "HEXISTS" => ReadKind::Count,
+                _ => ReadKind::None,
+            };
+            if let Some(slot) = v.get_mut(spec.index()) {
+                *slot = kind;
+            }
+        }
+        v
+    })
+}
+
+fn read_kind(cmd: Option<usize>) -> ReadKind {
+    cmd.and_then(|i| read_kinds().get(i).copied())
+        .unwrap_or(ReadKind::None)
+}
+
+/// True for reads whose hits and misses are counted per key, so each key's namespace is kept.
+pub fn counts_per_key(cmd: Option<usize>) -> bool {
+    matches!(read_kind(cmd), ReadKind::PerKey | ReadKind::Count)
+}
+
+/// Whether a reply value (type byte first) is a nil: RESP2 `$-1`/`*-1` or RESP3 `_`.
+fn is_nil(v: &[u8]) -> bool {
+    v.starts_with(b"$-1\r\n") || v.starts_with(b"*-1\r\n") || v.starts_with(b"_\r\n")
+}
+
+/// The header integer of a reply line (`:5`, `*3`, `%2`), if any.
+fn header_int(v: &[u8]) -> Option<i64> {
+    let end = memchr::memchr(b'\r', v)?;
+    std::str::from_utf8(v.get(1..end)?).ok()?.parse().ok()
+}
+
+/// Counts the hits and misses in one successful reply of a read command.
+///
+/// `nkeys` is the number of keys the command named (for `EXISTS`); `key_ns` the namespace of
+/// each key when they were kept. A multi-key `EXISTS` reply is a total, so its hits and misses
+/// cannot be told apart per key: they are counted under the first key's namespace.
+pub fn count_lookups(
+    t: &NsTable,
+    cmd: Option<usize>,
+    ns: NsId,
+    key_ns: Option<&[NsId]>,
+    nkeys: usize,
+    reply: &[u8],
+    limits: &crate::codec::Limits,
+) {
+    match read_kind(cmd) {
+        ReadKind::None => {}
+        ReadKind::Value => {
+            let r = if is_nil(reply) {
+                Lookup::Miss
+            } else {
+                Lookup::Hit
+            };
+            t.lookup(cmd, ns, r, 1);
+        }
+        ReadKind::Collection => {
+            let empty = is_nil(reply) || header_int(reply) == Some(0);
+            let r = if empty { Lookup::Miss } else { Lookup::Hit };
+            t.lookup(cmd, ns, r, 1);
+        }
+        ReadKind::Count => {
+            if let (Some(b':'), Some(n)) = (reply.first(), header_int(reply)) {
+                let total = nkeys.max(1) as i64;
+                let hits = n.clamp(0, total);
+                t.lookup(cmd, ns, Lookup::Hit, hits as u64);
+                t.lookup(cmd, ns, Lookup::Miss, (total - hits) as u64);
+            }
+        }
+        ReadKind::PerKey | ReadKind::PerField => {
+            if !matches!(reply.first(), Some(b'*')) {
+                return;
+            }
+            let Some(header_end) = memchr::memchr(b'\n', reply) else {
+                return;
+            };
+            let mut pos = header_end + 1;
+            let mut scanner = crate::codec::ReplyScanner::new();
+            let mut i = 0usize;
+            while pos < reply.len() {
+                let Ok(Some(el)) = scanner.scan(&reply[pos..], limits) else {
+                    return;
+                };
+                let el_ns = match (read_kind(cmd), key_ns) {
+                    (ReadKind::PerKey, Some(list)) => list.get(i).copied().unwrap_or(ns),
+                    _ => ns,
+                };
+                let r = if is_nil(&reply[pos..]) {
+                    Lookup::Miss
+                } else {
+                    Lookup::Hit
+                };
+                t.lookup(cmd, el_ns, r, 1);
+                pos += el.len;
+                i += 1;
+            }
+        }
     }
 }

@@ -14,6 +14,53 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::codec::{encode_command, Limits, ReplyScanner};
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
+/// Reading half of a connected upstream.
+#[derive(Debug)]
+pub enum UpRead {
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    Unix(tokio::net::unix::OwnedReadHalf),
+}
+
+/// Writing half of a connected upstream.
+#[derive(Debug)]
+pub enum UpWrite {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl UpRead {
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            UpRead::Tcp(s) => s.readable().await,
+            UpRead::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is available now without waiting; `Ok(None)` when nothing is.
+    pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        match self {
+            UpRead::Tcp(s) => crate::connection::read_now(s, buf),
+            UpRead::Unix(s) => crate::connection::read_now(s, buf),
+        }
+    }
+}
+
+impl UpWrite {
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            UpWrite::Tcp(s) => s.writable().await,
+            UpWrite::Unix(s) => s.writable().await,
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            UpWrite::Tcp(s) => s.try_write(buf),
+            UpWrite::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
 /// Why the upstream could not be used. Tagged as the upstream's fault in metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -82,6 +129,20 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.try_write(buf),
             Upstream::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    /// Splits into halves the connection task can wait on independently.
+    pub fn into_split(self) -> (UpRead, UpWrite) {
+        match self {
+            Upstream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Tcp(r), UpWrite::Tcp(w))
+            }
+            Upstream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Unix(r), UpWrite::Unix(w))
+            }
         }
     }
 

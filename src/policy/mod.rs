@@ -3,13 +3,38 @@
 //! The connection calls [`Policy::check`] once per command with the scanned arguments and the
 //! command-table row; the answer is a [`Verdict`]. Stages never see sockets and never block, so
 //! they are plain functions of the command and the (immutable, reloadable) compiled policy.
+//!
+//! The stages, in order (each may stop the command with a [`Rejection`]):
+//!
+//! 1. command rules ([`commands`]): `denied_commands`, and commands whose keys respguard cannot
+//!    locate (not in the command table, unless `allowed_unknown_commands` names them);
+//! 2. key naming ([`naming`]): every key of the command, found through the command table, must
+//!    belong to a namespace (one compiled matcher, see [`pattern`]);
+//! 3. TTL enforcement ([`ttl`]): defaults, clamping, refusing `PERSIST`, and `EXPIRE key ttl NX`
+//!    appended after writes that can create a key;
+//! 4. (a later stage hooks in after TTL; see the marked spot in `evaluate`).
+//!
+//! A command that passes unchanged costs no heap allocation: keys go into the reused
+//! [`Scratch`], matching walks a DFA over borrowed bytes, and nothing is recorded.
+//!
+//! In audit mode the same evaluation runs, what enforce would have done is logged and recorded
+//! in [`Scratch::actions`] (with [`Scratch::audit`] set), and the original command is forwarded.
+//!
+//! Known limit: keys a script (`EVAL`, `FCALL`) touches without declaring them in its key list
+//! are invisible to the proxy and cannot be checked; declared keys are checked like any other.
+
+pub mod commands;
+mod load;
+pub mod naming;
+pub mod pattern;
+pub mod ttl;
 
 use bytes::Bytes;
-use serde::Deserialize;
 
 use crate::codec::Argv;
 use crate::command::{CommandSpec, KeyRef};
-use crate::config::Problems;
+
+pub use load::{validate, RawPolicy};
 
 /// Index of a namespace in the compiled policy; two values are reserved.
 pub type NsId = u16;
@@ -50,37 +75,373 @@ pub struct Rejection {
     pub namespace: NsId,
 }
 
-/// Scratch space the connection lends to each check so the hot path does not allocate.
-#[derive(Debug, Default)]
-pub struct Scratch {
-    pub keys: Vec<KeyRef>,
+/// Why a command was (or, in audit mode, would have been) refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// A key matches no namespace, or has an empty segment.
+    Naming,
+    /// An expiry outside its namespace's bounds, with `on_violation: reject`.
+    Ttl,
+    /// `PERSIST` or `GETEX ... PERSIST` would leave a key without an expiry.
+    Persist,
+    /// The command is in `denied_commands`.
+    DeniedCommand,
+    /// The command is not in the command table, so its keys cannot be located.
+    UnknownCommand,
+    /// The arguments are malformed, so keys or expiries cannot be read (Redis would refuse
+    /// the command too).
+    Malformed,
+    /// The command reads keys it does not name (`SORT ... BY pattern`), which cannot be checked.
+    UncheckedKeys,
 }
 
-/// The `policy:` section as written.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawPolicy {}
+impl Rule {
+    /// The `rule` label of `respguard_policy_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rule::Naming => "naming",
+            Rule::Ttl => "ttl",
+            Rule::Persist => "persist",
+            Rule::DeniedCommand => "denied_command",
+            Rule::UnknownCommand => "unknown_command",
+            Rule::Malformed => "malformed",
+            Rule::UncheckedKeys => "unchecked_keys",
+        }
+    }
+}
+
+/// Something the policy did to a command (or, in audit mode, would have done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// A write without an expiry was given the namespace default (`SET` gains `EX`).
+    TtlDefault,
+    /// An expiry above the namespace maximum was lowered to it.
+    TtlLowered,
+    /// An expiry below the namespace minimum was raised to it.
+    TtlRaised,
+    /// `EXPIRE key ttl NX` was appended after a write that can create the key.
+    TtlAppended,
+    /// The command was refused.
+    Rejected(Rule),
+}
+
+impl PolicyAction {
+    /// The `action` label of `respguard_ttl_enforced_total` (or the rule, for rejections).
+    pub fn label(self) -> &'static str {
+        match self {
+            PolicyAction::TtlDefault => "default",
+            PolicyAction::TtlLowered => "lowered",
+            PolicyAction::TtlRaised => "raised",
+            PolicyAction::TtlAppended => "appended",
+            PolicyAction::Rejected(rule) => rule.label(),
+        }
+    }
+}
+
+/// Scratch space the connection lends to each check so the hot path does not allocate. After
+/// a check it also says what the policy found, for metrics.
+#[derive(Debug)]
+pub struct Scratch {
+    pub keys: Vec<KeyRef>,
+    /// Namespace of each entry of `keys` (the same order); `NS_UNMATCHED` for allowed unknowns.
+    pub key_ns: Vec<NsId>,
+    /// Namespace of the command's first key, `NS_NONE` without keys (for hit/miss metrics).
+    pub namespace: NsId,
+    /// What the policy did, per namespace; empty for a command that passed unchanged.
+    pub actions: Vec<(NsId, PolicyAction)>,
+    /// True when `actions` were only recorded (audit mode) and the command went through as is.
+    pub audit: bool,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            keys: Vec::new(),
+            key_ns: Vec::new(),
+            namespace: NS_NONE,
+            actions: Vec::new(),
+            audit: false,
+        }
+    }
+}
+
+impl Scratch {
+    fn reset(&mut self) {
+        self.keys.clear();
+        self.key_ns.clear();
+        self.namespace = NS_NONE;
+        self.actions.clear();
+        self.audit = false;
+    }
+}
+
+/// `policy.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse and rewrite.
+    Enforce,
+    /// Forward everything unchanged; log and count what enforce would have done.
+    Audit,
+}
+
+/// `policy.unknown_keys`: what happens to keys that match no namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownKeys {
+    Reject,
+    Allow,
+}
+
+/// One configured namespace, compiled.
+#[derive(Debug)]
+pub struct Namespace {
+    /// The patterns as written, for error messages.
+    pub patterns: Vec<String>,
+    /// `None`: the namespace only constrains naming.
+    pub ttl: Option<ttl::TtlRule>,
+}
 
 /// A validated, compiled policy.
-#[derive(Debug, Default)]
-pub struct Policy {}
+#[derive(Debug)]
+pub struct Policy {
+    mode: Mode,
+    unknown_keys: UnknownKeys,
+    matcher: pattern::Matcher,
+    /// Namespace names, indexed by [`NsId`]; bounded, so usable as metric labels.
+    names: Vec<String>,
+    namespaces: Vec<Namespace>,
+    rules: commands::CommandRules,
+}
+
+impl Default for Policy {
+    /// A policy that lets everything through: no namespaces, unknown keys allowed.
+    fn default() -> Self {
+        Policy {
+            mode: Mode::Enforce,
+            unknown_keys: UnknownKeys::Allow,
+            matcher: pattern::Matcher::default(),
+            names: Vec::new(),
+            namespaces: Vec::new(),
+            rules: commands::CommandRules::default(),
+        }
+    }
+}
 
 /// Validated policy, ready to use.
 pub type PolicyConfig = std::sync::Arc<Policy>;
 
-/// Validates the `policy:` section, adding every problem to `p`.
-pub fn validate(_raw: RawPolicy, _p: &mut Problems<'_>) -> Option<PolicyConfig> {
-    Some(std::sync::Arc::new(Policy {}))
+/// What a stage says about a command.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on to the next stage.
+    Continue,
+    /// Refuse the command.
+    Stop(Refusal),
+}
+
+/// A refusal as a stage reports it; [`Policy::check`] turns it into a [`Rejection`].
+#[derive(Debug)]
+pub struct Refusal {
+    pub rule: Rule,
+    pub namespace: NsId,
+    /// The text after `POLICY `.
+    pub message: String,
+}
+
+/// The changes stages make to a command, turned into a [`Verdict`] at the end.
+#[derive(Debug, Default)]
+pub struct Plan {
+    command: Option<Vec<Bytes>>,
+    append: Vec<Vec<Bytes>>,
+}
+
+impl Plan {
+    /// The rewritten arguments, copied from `argv` on first use. A stage that changes the
+    /// command edits these; the original bytes are forwarded if no stage calls this.
+    pub fn args(&mut self, argv: &Argv<'_>) -> &mut Vec<Bytes> {
+        self.command
+            .get_or_insert_with(|| argv.iter().map(Bytes::copy_from_slice).collect())
+    }
+
+    /// Queues a command to send after this one, its reply hidden from the client.
+    pub fn append(&mut self, cmd: Vec<Bytes>) {
+        self.append.push(cmd);
+    }
+
+    /// The commands appended so far.
+    pub fn appended(&self) -> &[Vec<Bytes>] {
+        &self.append
+    }
+
+    fn into_verdict(self) -> Verdict {
+        if self.command.is_none() && self.append.is_empty() {
+            Verdict::Forward
+        } else {
+            Verdict::Rewrite(Rewrite {
+                command: self.command,
+                append: self.append,
+            })
+        }
+    }
 }
 
 impl Policy {
     /// Decides what happens to one command. `spec` is `None` for a command the table lacks.
     pub fn check(
         &self,
-        _argv: &Argv<'_>,
-        _spec: Option<&'static CommandSpec>,
-        _scratch: &mut Scratch,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        scratch: &mut Scratch,
     ) -> Verdict {
-        Verdict::Forward
+        self.check_with(argv, spec, scratch, &mut ttl::Clock::default())
+    }
+
+    /// [`Policy::check`] with a given clock (absolute expiries are compared with it).
+    pub fn check_with(
+        &self,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        scratch: &mut Scratch,
+        clock: &mut ttl::Clock,
+    ) -> Verdict {
+        scratch.reset();
+        let verdict = self.evaluate(argv, spec, scratch, clock);
+        match self.mode {
+            Mode::Enforce => verdict,
+            Mode::Audit => {
+                if !matches!(verdict, Verdict::Forward) {
+                    scratch.audit = true;
+                    self.log_audit(argv, spec, scratch, &verdict);
+                }
+                Verdict::Forward
+            }
+        }
+    }
+
+    /// What enforce mode does with the command; records actions in `scratch`.
+    fn evaluate(
+        &self,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        scratch: &mut Scratch,
+        clock: &mut ttl::Clock,
+    ) -> Verdict {
+        // 1. command rules
+        let spec = match self.rules.check(argv, spec) {
+            commands::Decision::Known(spec) => spec,
+            commands::Decision::UnknownAllowed => return Verdict::Forward,
+            commands::Decision::Refuse(r) => return self.refuse(scratch, r),
+        };
+        if !spec.has_keys() {
+            return Verdict::Forward;
+        }
+
+        // 2. keys and naming
+        if let Flow::Stop(r) = naming::check(self, spec, argv, scratch) {
+            return self.refuse(scratch, r);
+        }
+
+        // 3. TTL
+        let mut plan = Plan::default();
+        if let Flow::Stop(r) = ttl::check(self, spec, argv, scratch, &mut plan, clock) {
+            return self.refuse(scratch, r);
+        }
+
+        // 4. Later stages hook in here, between TTL enforcement and the verdict: they see the
+        //    command's keys and namespaces in `scratch.keys` / `scratch.key_ns`, may edit the
+        //    arguments through `plan.args(argv)` (copied only when a stage changes something),
+        //    and may stop the command with `Flow::Stop`. Sensitive-field stripping (issue 4,
+        //    `sensitive.rs`) goes here.
+
+        plan.into_verdict()
+    }
+
+    fn refuse(&self, scratch: &mut Scratch, r: Refusal) -> Verdict {
+        scratch.actions.push((r.namespace, PolicyAction::Rejected(r.rule)));
+        if self.mode == Mode::Enforce {
+            tracing::debug!(rule = r.rule.label(), namespace = self.namespace_label(r.namespace), reason = %r.message, "policy refused a command");
+        }
+        Verdict::Reject(Rejection {
+            message: format!("POLICY {}", r.message),
+            rule: r.rule.label(),
+            namespace: r.namespace,
+        })
+    }
+
+    /// Logs what enforce mode would have done. Never the value; the key only at debug level.
+    fn log_audit(
+        &self,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        scratch: &Scratch,
+        verdict: &Verdict,
+    ) {
+        let command = spec.map(|s| s.name).unwrap_or("(unknown)");
+        for (ns, action) in &scratch.actions {
+            tracing::info!(
+                mode = "audit",
+                command,
+                namespace = self.namespace_label(*ns),
+                action = action.label(),
+                "enforce mode would have changed or refused this command"
+            );
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let key = scratch
+                .keys
+                .first()
+                .and_then(|k| argv.get(k.index))
+                .map(naming::show)
+                .unwrap_or_default();
+            let detail = match verdict {
+                Verdict::Reject(r) => r.message.clone(),
+                Verdict::Rewrite(rw) => {
+                    format!("rewrite (command changed: {}, {} appended)", rw.command.is_some(), rw.append.len())
+                }
+                _ => String::new(),
+            };
+            tracing::debug!(mode = "audit", command, key = %key, detail = %detail, "audit detail");
+        }
+    }
+
+    /// Names of the namespaces, indexed by [`NsId`].
+    pub fn namespace_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The namespace of `key`: its id, or [`NS_UNMATCHED`]. Allocation-free.
+    pub fn namespace_of(&self, key: &[u8]) -> NsId {
+        match self.matcher.find(key) {
+            pattern::KeyMatch::Namespace(ns) => ns,
+            pattern::KeyMatch::NoMatch | pattern::KeyMatch::EmptySegment => NS_UNMATCHED,
+        }
+    }
+
+    /// A bounded metric label for a namespace id: its name, `_unmatched` or `_none`.
+    pub fn namespace_label(&self, ns: NsId) -> &str {
+        match ns {
+            NS_NONE => "_none",
+            NS_UNMATCHED => "_unmatched",
+            n => self.names.get(usize::from(n)).map(String::as_str).unwrap_or("_unmatched"),
+        }
+    }
+
+    /// The compiled namespace `ns`, if it is one.
+    pub fn namespace(&self, ns: NsId) -> Option<&Namespace> {
+        self.namespaces.get(usize::from(ns))
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn unknown_keys(&self) -> UnknownKeys {
+        self.unknown_keys
+    }
+
+    pub(crate) fn matcher(&self) -> &pattern::Matcher {
+        &self.matcher
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -229,3 +229,127 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         (k == name_and_labels).then(|| v.parse().ok()).flatten()
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the proxy_* integration tests (additive).
+
+impl RedisServer {
+    /// The server's socket address, for raw (proxy-less) connections.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A raw connection straight to Redis.
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(self.addr()).await
+    }
+}
+
+/// A raw connection to the proxy's client port.
+pub async fn raw_proxy(p: &Proxy) -> Raw {
+    Raw::connect(p.local_addr).await
+}
+
+/// A RESP2 bulk string frame.
+pub fn bulk(b: &[u8]) -> Vec<u8> {
+    let mut v = format!("${}\r\n", b.len()).into_bytes();
+    v.extend_from_slice(b);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+/// A RESP2 array of bulk strings.
+pub fn bulk_array(items: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", items.len()).into_bytes();
+    for i in items {
+        v.extend_from_slice(&bulk(i));
+    }
+    v
+}
+
+/// A RESP3 push frame of bulk strings (`>n`).
+pub fn bulk_push(items: &[&[u8]]) -> Vec<u8> {
+    let mut v = bulk_array(items);
+    v[0] = b'>';
+    v
+}
+
+/// Several commands as multibulks in one buffer (for one write).
+pub fn encode_many(cmds: &[&[&[u8]]]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    for c in cmds {
+        respguard::codec::encode_command(&mut b, c.iter().copied());
+    }
+    b.to_vec()
+}
+
+/// Shows a reply readably in assertion messages.
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).escape_debug().to_string()
+}
+
+/// Polls `f` every 10 ms until it is true or `timeout` passes; returns the last answer.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (up to 5 s) until Redis reports at least `n` clients blocked in a blocking command.
+pub async fn wait_blocked(redis: &RedisServer, n: usize) {
+    let addr = redis.addr();
+    let ok = eventually(Duration::from_secs(5), || async move {
+        let mut r = Raw::connect(addr).await;
+        let info = r.call(&[b"INFO", b"clients"]).await;
+        let text = String::from_utf8_lossy(&info).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|v| v >= n)
+    })
+    .await;
+    assert!(ok, "redis never reported {n} blocked client(s)");
+}
+
+/// Fetches `/metrics` from a proxy's admin port.
+pub async fn metrics_text(p: &Proxy) -> String {
+    let (code, body) = http_get(p.admin_addr.expect("admin address"), "/metrics").await;
+    assert_eq!(code, 200, "/metrics status");
+    body
+}
+
+/// Panics, showing both sides as escaped text, when two RESP byte strings differ.
+#[track_caller]
+pub fn check_resp<G, W>(got: &G, want: &W, what: std::fmt::Arguments<'_>)
+where
+    G: AsRef<[u8]> + ?Sized,
+    W: AsRef<[u8]> + ?Sized,
+{
+    let (g, w) = (got.as_ref(), want.as_ref());
+    if g != w {
+        panic!("{what}\n   got: \"{}\"\n  want: \"{}\"", show(g), show(w));
+    }
+}
+
+/// `assert_eq!` for RESP bytes: shows both sides as escaped text, not as byte arrays.
+/// Use with `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! assert_resp {
+    ($got:expr, $want:expr $(,)?) => {
+        $crate::common::check_resp(&$got, &$want, format_args!("reply mismatch"))
+    };
+    ($got:expr, $want:expr, $($arg:tt)+) => {
+        $crate::common::check_resp(&$got, &$want, format_args!($($arg)+))
+    };
+}
