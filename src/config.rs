@@ -118,6 +118,7 @@ struct RawUpstream {
     password_file: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     read_timeout: Option<Spanned<String>>,
+    shared_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,6 +175,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Zero disables it: blocking commands may legitimately wait forever.
     pub read_timeout: Duration,
+    /// Upstream connections shared by clients without connection state; 0 gives every
+    /// client its own from the start.
+    pub shared_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -531,6 +535,14 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         Duration::ZERO,
         &mut p,
     );
+    let shared_connections = match &up.shared_connections {
+        Some(v) if v.value > 64 => {
+            p.at(v, "upstream.shared_connections", "must be between 0 and 64");
+            0
+        }
+        Some(v) => v.value as usize,
+        None => 2,
+    };
     let shutdown_grace = duration(
         &raw.shutdown_grace,
         "shutdown_grace",
@@ -609,6 +621,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             db,
             connect_timeout,
             read_timeout,
+            shared_connections,
         },
         limits,
         max_clients,

@@ -23,12 +23,13 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::codec::{self, Argv, Limits, ReplyFrame, ReplyScanner, Request, Span};
 use crate::command::{self, CommandSpec, CMD_BLOCKING};
 use crate::listener::Shared;
 use crate::metrics::{self, NsTable, Outcome};
+use crate::multiplex::{self, Job, ReplyRx, ReplyTx, SharedReply};
 use crate::policy::{NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED};
 use crate::upstream::{
     handshake_commands, handshake_len, UpRead, UpWrite, Upstream, UpstreamError,
@@ -223,6 +224,8 @@ struct Conn {
     ns_table: Arc<NsTable>,
     /// Read time of the batch being processed.
     batch_start: Instant,
+    /// Time of the read being handled, for latencies: one clock read per batch, not per command.
+    now: Instant,
     ever_connected: bool,
     resp3: bool,
     subs: i64,
@@ -234,6 +237,19 @@ struct Conn {
     multi_poisoned: bool,
     /// Close once everything owed to the client is written.
     closing: bool,
+    /// While the client has no connection state: its shared upstream connection.
+    mux: Option<Mux>,
+    /// A command needs a dedicated connection once the shared replies are in.
+    pin_wanted: bool,
+    /// Replies expected for what is in `uout` (the size of the next shared job).
+    unsent: usize,
+}
+
+/// A client's link to a shared upstream connection.
+struct Mux {
+    jobs: mpsc::UnboundedSender<Job>,
+    reply_tx: ReplyTx,
+    replies: ReplyRx,
 }
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
@@ -258,6 +274,7 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::
         policy_gen: u64::MAX,
         ns_table: shared.namespace_table(),
         batch_start: Instant::now(),
+        now: Instant::now(),
         ever_connected: false,
         resp3: false,
         subs: 0,
@@ -266,17 +283,29 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::
         multi: None,
         multi_poisoned: false,
         closing: false,
+        mux: shared.pool().and_then(|p| p.pick()).map(|jobs| {
+            let (reply_tx, replies) = mpsc::unbounded_channel();
+            Mux {
+                jobs,
+                reply_tx,
+                replies,
+            }
+        }),
+        pin_wanted: false,
+        unsent: 0,
         shared,
     };
     let mut up = Up::default();
-    match Upstream::connect(&cfg.upstream, &limits).await {
-        Ok(u) => {
-            conn.ever_connected = true;
-            up.attach(u);
-        }
-        Err(e) => {
-            conn.shared.metrics.upstream_error(e.kind());
-            tracing::warn!(error = %e, "upstream connect failed; commands will get errors until it is back");
+    if conn.mux.is_none() {
+        match Upstream::connect(&cfg.upstream, &limits).await {
+            Ok(u) => {
+                conn.ever_connected = true;
+                up.attach(u);
+            }
+            Err(e) => {
+                conn.shared.metrics.upstream_error(e.kind());
+                tracing::warn!(error = %e, "upstream connect failed; commands will get errors until it is back");
+            }
         }
     }
     let read_timeout = cfg.upstream.read_timeout;
@@ -358,6 +387,13 @@ impl Conn {
         let mut draining = *shutdown.borrow();
         let mut client_eof = false;
         loop {
+            if self.pin_wanted && self.pending.is_empty() && self.uout.is_empty() {
+                // The shared replies are in: continue on a dedicated connection.
+                self.pin_wanted = false;
+                self.mux = None;
+                self.process_client();
+                self.send_batch(up, &cwr).await?;
+            }
             if self.closing || client_eof || draining {
                 let owed = !self.pending.is_empty() && !client_eof && !self.closing;
                 if self.cout.is_empty() && !owed {
@@ -371,6 +407,7 @@ impl Conn {
             let read_client = !client_eof
                 && !self.closing
                 && !draining
+                && !self.pin_wanted
                 && self.uout.len() < HIGH_WATER
                 && self.cout.len() < HIGH_WATER
                 && self.pending.len() < MAX_PENDING;
@@ -388,18 +425,7 @@ impl Conn {
                         Ok(Some(_)) => {
                             self.refresh_policy();
                             self.process_client();
-                            if !self.uout.is_empty() && !up.connected() {
-                                self.reconnect(up).await;
-                            }
-                            if let Some(w) = up.wr.as_ref() {
-                                let first_new = self.pending.len() - self.batch_len();
-                                if let Err(e) = flush_upstream(w, &mut self.uout) {
-                                    self.upstream_failed(up, e.into());
-                                } else {
-                                    self.stamp_sent(first_new);
-                                }
-                            }
-                            flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
+                            self.send_batch(up, &cwr).await?;
                         }
                         Ok(None) => {}
                         Err(e) => return Err(ConnError::Client(e)),
@@ -438,6 +464,21 @@ impl Conn {
                     r.map_err(ConnError::Client)?;
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
+                r = async { match self.mux.as_mut() { Some(m) => m.replies.recv().await, None => std::future::pending().await } }, if self.mux.is_some() || self.pin_wanted => {
+                    match r {
+                        Some(SharedReply::Frames(b)) => {
+                            self.ubuf.extend_from_slice(&b);
+                            if let Err(e) = self.process_upstream() {
+                                self.upstream_failed(up, e);
+                            }
+                        }
+                        Some(SharedReply::Failed { sent, kind, message }) => {
+                            self.shared_failed(sent, kind, &message);
+                        }
+                        None => self.shared_failed(false, "closed", "shared upstream connection ended"),
+                    }
+                    flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
+                }
                 _ = shutdown.changed(), if !draining => {
                     draining = true;
                 }
@@ -446,6 +487,52 @@ impl Conn {
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
             }
+        }
+    }
+
+    /// Sends what the last client batch produced: as a job on the shared connection, or on
+    /// the dedicated one (connecting it first if needed).
+    async fn send_batch(&mut self, up: &mut Up, cwr: &OwnedWriteHalf) -> Result<(), ConnError> {
+        if let Some(m) = self.mux.as_ref() {
+            if !self.uout.is_empty() {
+                let first_new = self.pending.len() - self.batch_len();
+                let job = Job {
+                    bytes: self.uout.split().freeze(),
+                    replies: std::mem::take(&mut self.unsent),
+                    to: m.reply_tx.clone(),
+                };
+                if m.jobs.send(job).is_err() {
+                    self.shared_failed(false, "closed", "shared upstream connection ended");
+                } else {
+                    self.stamp_sent(first_new);
+                }
+            }
+        } else {
+            self.unsent = 0;
+            if !self.uout.is_empty() && !up.connected() {
+                self.reconnect(up).await;
+            }
+            if let Some(w) = up.wr.as_ref() {
+                let first_new = self.pending.len() - self.batch_len();
+                if let Err(e) = flush_upstream(w, &mut self.uout) {
+                    self.upstream_failed(up, e.into());
+                } else {
+                    self.stamp_sent(first_new);
+                }
+            }
+        }
+        flush_client(cwr, &mut self.cout).map_err(ConnError::Client)
+    }
+
+    /// A shared connection failed. Commands that never reached Redis get an error and the
+    /// client may go on; if they may have, their replies are lost and the client is closed.
+    fn shared_failed(&mut self, sent: bool, kind: &'static str, message: &str) {
+        let _ = kind;
+        self.unsent = 0;
+        self.uout.clear();
+        self.fail_pending(message);
+        if sent {
+            self.closing = true;
         }
     }
 
@@ -496,16 +583,20 @@ impl Conn {
     /// Handles every complete command in the client buffer.
     fn process_client(&mut self) {
         self.batch_start = Instant::now();
+        self.now = self.batch_start;
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
-        while off < buf.len() && !self.closing {
+        while off < buf.len() && !self.closing && !self.pin_wanted {
             let rest = &buf[off..];
             match codec::scan_request(rest, &self.limits, &mut self.spans, &mut self.inline_args) {
                 Ok(Some(Request::Multibulk { len })) => {
                     let raw = &rest[..len];
                     let spans = std::mem::take(&mut self.spans);
-                    self.handle(Argv::new(raw, &spans), raw);
+                    let done = self.handle(Argv::new(raw, &spans), raw);
                     self.spans = spans;
+                    if !done {
+                        break;
+                    }
                     off += len;
                 }
                 Ok(Some(Request::Inline { len })) => {
@@ -516,13 +607,17 @@ impl Conn {
                     codec::encode_command(&mut ib, self.inline_args.iter().map(|a| a.as_slice()));
                     let mut spans = std::mem::take(&mut self.spans);
                     let mut none = Vec::new();
+                    let mut done = true;
                     if let Ok(Some(Request::Multibulk { .. })) =
                         codec::scan_request(&ib, &self.limits, &mut spans, &mut none)
                     {
-                        self.handle(Argv::new(&ib, &spans), &ib);
+                        done = self.handle(Argv::new(&ib, &spans), &ib);
                     }
                     self.spans = spans;
                     self.inline_buf = ib;
+                    if !done {
+                        break;
+                    }
                     off += len;
                 }
                 Ok(Some(Request::Skip { len })) => off += len,
@@ -571,6 +666,7 @@ impl Conn {
         let mut p = Pending::new(kind, cmd, start);
         p.meta.blocking = blocking;
         self.pending.push_back(p);
+        self.unsent += 1;
     }
 
     fn take_actions(&mut self) -> Option<Box<[(NsId, PolicyAction)]>> {
@@ -581,15 +677,35 @@ impl Conn {
         }
     }
 
-    /// One command: policy, connection-state tracking, and forwarding.
-    fn handle(&mut self, argv: Argv<'_>, raw: &[u8]) {
+    /// One command: policy, connection-state tracking, and forwarding. Returns false when
+    /// the command must wait: it needs a dedicated connection and shared replies are still
+    /// outstanding.
+    fn handle(&mut self, argv: Argv<'_>, raw: &[u8]) -> bool {
         let start = self.batch_start;
         let spec = command::lookup(&argv);
         let cmd = spec.map(|s| s.index());
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
             self.uout.extend_from_slice(raw);
-            return;
+            return true;
+        }
+        if self.mux.is_some() && !multiplex::shareable(spec) {
+            if special(spec) == Special::Quit {
+                // Nothing to clean up on a shared connection: answer QUIT here.
+                self.scratch.namespace = NS_NONE;
+                self.scratch.actions.clear();
+                self.push_local(Bytes::from_static(b"+OK\r\n"), Outcome::Ok, cmd);
+                self.closing = true;
+                return true;
+            }
+            if !self.pending.is_empty() || !self.uout.is_empty() {
+                // Commands already sent on the shared connection must finish first, so this
+                // one runs after them.
+                self.pin_wanted = true;
+                return false;
+            }
+            // Pinned: from now on this client has its own upstream connection.
+            self.mux = None;
         }
         let verdict = match &self.policy {
             Some(p) => p.check(&argv, spec, &mut self.scratch),
@@ -609,7 +725,7 @@ impl Conn {
             Verdict::Rewrite(rw) => (rw.command, rw.append),
             Verdict::Respond(bytes) => {
                 self.push_local(bytes, Outcome::Ok, cmd);
-                return;
+                return true;
             }
             Verdict::Reject(r) => {
                 let mut b = BytesMut::new();
@@ -618,7 +734,7 @@ impl Conn {
                     self.multi_poisoned = true;
                 }
                 self.push_local(b.freeze(), Outcome::Rejected, cmd);
-                return;
+                return true;
             }
         };
         let blocking = spec.is_some_and(|s| s.is(CMD_BLOCKING));
@@ -644,7 +760,7 @@ impl Conn {
                         Outcome::Error,
                         cmd,
                     );
-                    return;
+                    return true;
                 }
                 Some(layout) => Kind::Exec(layout),
                 None => Kind::Reply,
@@ -688,6 +804,7 @@ impl Conn {
             entry.meta.key_ns = Some(self.scratch.key_ns.as_slice().into());
         }
         self.pending.push_back(entry);
+        self.unsent += 1;
         for extra in append {
             let mut b = BytesMut::new();
             codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
@@ -708,6 +825,7 @@ impl Conn {
                 }
             }
         }
+        true
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -738,6 +856,7 @@ impl Conn {
 
     /// Answers every outstanding command with an error naming the cause.
     fn fail_pending(&mut self, cause: &str) {
+        self.now = Instant::now();
         let msg = format!("ERR {cause}");
         let mut err = BytesMut::new();
         codec::encode_error(&mut err, &msg);
@@ -775,6 +894,7 @@ impl Conn {
 
     /// Handles every complete reply in the upstream buffer.
     fn process_upstream(&mut self) -> Result<(), UpstreamError> {
+        self.now = Instant::now();
         let buf = std::mem::take(&mut self.ubuf);
         let mut off = 0;
         // Replies forwarded unchanged are copied to the client buffer in one run.
@@ -982,7 +1102,7 @@ impl Conn {
     /// Records one finished command: the single place where a command's metrics are taken,
     /// after its reply. `reply` is the reply value when Redis sent one.
     fn record(&self, m: &Meta, outcome: Outcome, reply: Option<&[u8]>) {
-        let now = Instant::now();
+        let now = self.now;
         let t = &self.ns_table;
         t.command(m.cmd, m.ns, outcome);
         if let Some(actions) = &m.actions {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod metrics;
+pub mod multiplex;
 pub mod policy;
 pub mod reload;
 pub mod upstream;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::config::Config;
 use crate::metrics::{Metrics, NsTable};
+use crate::multiplex::Pool;
 use crate::policy::Policy;
 
 /// State shared by every connection of one proxy.
@@ -28,6 +29,8 @@ pub struct Shared {
     /// The namespace handle table of the current policy generation, built once per reload.
     ns_table: Mutex<Option<(u64, Arc<NsTable>)>>,
     clients: AtomicUsize,
+    /// Shared upstream connections for clients without connection state, if enabled.
+    pool: OnceLock<Pool>,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
             policy_gen: AtomicU64::new(0),
             metrics: Metrics::new(),
             ns_table: Mutex::new(None),
+            pool: OnceLock::new(),
             clients: AtomicUsize::new(0),
         }
     }
@@ -106,6 +110,10 @@ impl Shared {
         t
     }
 
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.get()
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
@@ -130,7 +138,13 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared_conns = config.upstream.shared_connections;
         let shared = Arc::new(Shared::new(config));
+        if shared_conns > 0 {
+            let _ = shared
+                .pool
+                .set(Pool::start(shared_conns, Arc::downgrade(&shared)));
+        }
         let (shutdown, rx) = watch::channel(false);
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve(l, shared.clone(), rx.clone()));

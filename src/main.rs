@@ -116,11 +116,16 @@ fn main() -> ExitCode {
     }
     init_logging();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .enable_all()
-        .build()
-    {
+    // One worker runs on the current thread: no cross-thread wake-ups, which is cheapest
+    // when the sidecar should use about one core.
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("respguard: cannot start the runtime: {e}");

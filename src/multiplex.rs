@@ -1,0 +1,295 @@
+//! Multiplexed upstream connections for clients that have no connection state yet.
+//!
+//! A client that has only sent stateless commands (reads, writes, scripts: nothing that
+//! selects a database, authenticates, subscribes, blocks, watches or names the connection)
+//! cannot tell which Redis connection ran them. Such clients share a few upstream
+//! connections: their batches are written together and Redis's replies are split back per
+//! client in order. That halves the syscalls per request on the upstream side, which is most
+//! of a proxy's cost, and an idle client holds no upstream connection at all.
+//!
+//! The first command that depends on or changes connection state *pins* the client: it waits
+//! until its shared replies are in, gets a dedicated connection, and keeps it for good. See
+//! [`shareable`] for the rule.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Weak;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use crate::codec::ReplyScanner;
+use crate::command::{
+    CommandSpec, ACL_BLOCKING, ACL_CONNECTION, ACL_PUBSUB, ACL_TRANSACTION, CMD_BLOCKING,
+    CMD_NO_MULTI,
+};
+use crate::listener::Shared;
+use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
+
+/// Whether a command may run on a shared connection without the client noticing.
+///
+/// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
+/// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
+/// `WAIT` (it waits on the connection's own writes), `DEBUG`, and unknown commands (their
+/// effect cannot be known). `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed.
+pub fn shareable(spec: Option<&'static CommandSpec>) -> bool {
+    let Some(spec) = spec else {
+        return false;
+    };
+    match spec.name {
+        "PUBLISH" | "SPUBLISH" => return true,
+        n if n.starts_with("PUBSUB") => return true,
+        "WAIT" | "WAITAOF" | "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" | "FAILOVER" => {
+            return false
+        }
+        n if n.starts_with("DEBUG") || n.starts_with("CLIENT") => return false,
+        _ => {}
+    }
+    !(spec.is(CMD_BLOCKING)
+        || spec.is(CMD_NO_MULTI)
+        || spec.in_category(ACL_CONNECTION)
+        || spec.in_category(ACL_TRANSACTION)
+        || spec.in_category(ACL_PUBSUB)
+        || spec.in_category(ACL_BLOCKING))
+}
+
+/// What a client receives from a shared connection.
+#[derive(Debug)]
+pub enum SharedReply {
+    /// One or more complete reply frames, in order.
+    Frames(Bytes),
+    /// The shared connection failed. `sent` says whether the client's commands may have
+    /// reached Redis (then it must be disconnected, as its replies are lost) or not.
+    Failed {
+        sent: bool,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+pub type ReplyTx = mpsc::UnboundedSender<SharedReply>;
+pub type ReplyRx = mpsc::UnboundedReceiver<SharedReply>;
+
+/// A batch of one client's commands for a shared connection.
+#[derive(Debug)]
+pub struct Job {
+    pub bytes: Bytes,
+    /// How many replies Redis will send for `bytes`.
+    pub replies: usize,
+    pub to: ReplyTx,
+}
+
+/// The shared connections of one proxy.
+pub struct Pool {
+    conns: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Starts `n` shared-connection tasks. They hold only a weak reference to the proxy and
+    /// end when the pool is dropped.
+    pub fn start(n: usize, shared: Weak<Shared>) -> Pool {
+        let conns = (0..n.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(rx, shared.clone()));
+                tx
+            })
+            .collect();
+        Pool {
+            conns,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A shared connection for a new client (round robin).
+    pub fn pick(&self) -> Option<mpsc::UnboundedSender<Job>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len().max(1);
+        self.conns.get(i).cloned()
+    }
+}
+
+struct Waiting {
+    remaining: usize,
+    to: ReplyTx,
+}
+
+/// One shared connection: writes jobs, splits replies back to their clients.
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
+    let mut rd: Option<UpRead> = None;
+    let mut wr: Option<UpWrite> = None;
+    let mut out = BytesMut::new();
+    let mut inb = BytesMut::new();
+    let mut fifo: VecDeque<Waiting> = VecDeque::new();
+    let mut scanner = ReplyScanner::new();
+    loop {
+        let want_write = wr.is_some() && !out.is_empty();
+        tokio::select! {
+            job = rx.recv() => {
+                let Some(job) = job else { return };
+                let Some(sh) = shared.upgrade() else { return };
+                if wr.is_none() {
+                    let cfg = sh.config();
+                    match Upstream::connect(&cfg.upstream, &cfg.limits).await {
+                        Ok(u) => {
+                            let (r, w) = u.into_split();
+                            rd = Some(r);
+                            wr = Some(w);
+                        }
+                        Err(e) => {
+                            sh.metrics.upstream_error(e.kind());
+                            tracing::warn!(error = %e, "shared upstream connection failed");
+                            refuse(job, &e);
+                            while let Ok(j) = rx.try_recv() {
+                                refuse(j, &e);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                enqueue(job, &mut out, &mut fifo);
+                // Everything other clients queued meanwhile goes in the same write.
+                while let Ok(j) = rx.try_recv() {
+                    enqueue(j, &mut out, &mut fifo);
+                }
+                if let Some(w) = wr.as_ref() {
+                    if let Err(e) = flush(w, &mut out) {
+                        fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e.into());
+                    }
+                }
+            }
+            r = async { match rd.as_ref() { Some(r) => r.readable().await, None => std::future::pending().await } }, if rd.is_some() => {
+                let Some(sh) = shared.upgrade() else { return };
+                let res = match (r, rd.as_mut()) {
+                    (Err(e), _) => Err(UpstreamError::Io(e)),
+                    (Ok(()), Some(r)) => {
+                        if inb.capacity() - inb.len() < 4096 {
+                            inb.reserve(64 * 1024);
+                        }
+                        match r.read_now(&mut inb) {
+                            Ok(Some(0)) => Err(UpstreamError::Closed),
+                            Ok(Some(_)) => dispatch(&mut inb, &mut fifo, &mut scanner, &sh),
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(UpstreamError::Io(e)),
+                        }
+                    }
+                    (Ok(()), None) => Ok(()),
+                };
+                if let Err(e) = res {
+                    fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e);
+                    inb.clear();
+                }
+            }
+            r = async { match wr.as_ref() { Some(w) => w.writable().await, None => std::future::pending().await } }, if want_write => {
+                let Some(sh) = shared.upgrade() else { return };
+                let res = r.and_then(|()| match wr.as_ref() {
+                    Some(w) => flush(w, &mut out),
+                    None => Ok(()),
+                });
+                if let Err(e) = res {
+                    fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e.into());
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(job: Job, out: &mut BytesMut, fifo: &mut VecDeque<Waiting>) {
+    if job.replies == 0 {
+        return;
+    }
+    out.extend_from_slice(&job.bytes);
+    fifo.push_back(Waiting {
+        remaining: job.replies,
+        to: job.to,
+    });
+}
+
+fn refuse(job: Job, e: &UpstreamError) {
+    let _ = job.to.send(SharedReply::Failed {
+        sent: false,
+        kind: e.kind(),
+        message: e.to_string(),
+    });
+}
+
+/// The connection broke: every client with commands in flight loses them.
+fn fail(
+    sh: &Shared,
+    rd: &mut Option<UpRead>,
+    wr: &mut Option<UpWrite>,
+    out: &mut BytesMut,
+    fifo: &mut VecDeque<Waiting>,
+    e: UpstreamError,
+) {
+    sh.metrics.upstream_error(e.kind());
+    tracing::warn!(error = %e, clients = fifo.len(), "shared upstream connection failed");
+    *rd = None;
+    *wr = None;
+    out.clear();
+    for w in fifo.drain(..) {
+        let _ = w.to.send(SharedReply::Failed {
+            sent: true,
+            kind: e.kind(),
+            message: e.to_string(),
+        });
+    }
+}
+
+/// Splits complete replies in `inb` among the waiting clients, in order.
+fn dispatch(
+    inb: &mut BytesMut,
+    fifo: &mut VecDeque<Waiting>,
+    scanner: &mut ReplyScanner,
+    sh: &Shared,
+) -> Result<(), UpstreamError> {
+    let limits = sh.config().limits;
+    let mut off = 0;
+    let mut chunk_start = 0;
+    loop {
+        let Some(front) = fifo.front_mut() else {
+            if off < inb.len() {
+                // Redis replied to nothing we sent: never guess whose reply it is.
+                return Err(UpstreamError::Protocol(
+                    crate::codec::ProtocolError::InvalidLine,
+                ));
+            }
+            break;
+        };
+        let frame = match scanner.scan(&inb[off..], &limits)? {
+            Some(f) => f,
+            None => break,
+        };
+        off += frame.len;
+        front.remaining -= 1;
+        if front.remaining == 0 {
+            let chunk = inb.split_to(off - chunk_start).freeze();
+            off = 0;
+            chunk_start = 0;
+            let _ = front.to.send(SharedReply::Frames(chunk));
+            fifo.pop_front();
+        }
+    }
+    if off > chunk_start {
+        // Part of a client's replies: send what is complete now.
+        let chunk = inb.split_to(off - chunk_start).freeze();
+        if let Some(front) = fifo.front() {
+            let _ = front.to.send(SharedReply::Frames(chunk));
+        }
+    }
+    Ok(())
+}
+
+fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
+    use bytes::Buf;
+    while !out.is_empty() {
+        match w.try_write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
