@@ -13,6 +13,7 @@ respguard: a policy-enforcing Redis (RESP) sidecar proxy
 USAGE:
     respguard --config FILE [--listen ADDR] [--upstream URL] [--admin ADDR]
     respguard --check-config FILE
+    respguard stats [--admin ADDR] [--interval 2s] [--once]
 
 OPTIONS:
     --config FILE         YAML configuration (see config/example.yaml)
@@ -21,6 +22,8 @@ OPTIONS:
                           (env RESPGUARD_UPSTREAM)
     --admin ADDR          HTTP address for /healthz, /readyz, /metrics (env RESPGUARD_ADMIN)
     --check-config FILE   validate FILE; exit 0 if valid, 64 listing every problem if not
+    stats                 live hit rates, ops/s and policy actions from a running proxy's
+                          admin port (default 127.0.0.1:9090, or $RESPGUARD_ADMIN)
     -h, --help            this text
     -V, --version         the version
 
@@ -89,7 +92,61 @@ fn init_logging() {
         .init();
 }
 
+/// `respguard stats`: a terminal view of a running proxy's metrics.
+fn stats_main(args: &[String]) -> ExitCode {
+    let mut admin = std::env::var("RESPGUARD_ADMIN").unwrap_or_else(|_| "127.0.0.1:9090".into());
+    let mut interval = Duration::from_secs(2);
+    let mut once = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--admin" => match it.next() {
+                Some(v) => admin = v.clone(),
+                None => return usage_error("--admin needs a value"),
+            },
+            "--interval" => match it.next().map(|v| respguard::config::parse_duration(v)) {
+                Some(Ok(d)) => interval = d,
+                Some(Err(e)) => return usage_error(&e),
+                None => return usage_error("--interval needs a value"),
+            },
+            "--once" => once = true,
+            other => return usage_error(&format!("unknown stats argument {other:?}")),
+        }
+    }
+    let addr = match admin.parse() {
+        Ok(a) => a,
+        Err(_) => return usage_error(&format!("{admin:?} is not an address (host:port)")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("respguard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(respguard::stats::run(addr, interval, once, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("respguard stats: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("respguard: {msg}\n\n{USAGE}");
+    ExitCode::from(EXIT_BAD_CONFIG as u8)
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("stats") {
+        return stats_main(&argv[2..]);
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
