@@ -17,7 +17,7 @@ use crate::upstream::Upstream;
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<crate::listener::ShutdownPhase>,
 ) {
     loop {
         tokio::select! {

@@ -242,14 +242,27 @@ fn scan_inline(
     Ok(Some(Request::Inline { len: nl + 1 }))
 }
 
+/// C's `isspace`: what Redis skips between inline arguments and accepts after a quote.
+fn c_isspace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// What ends an unquoted inline argument in `sdssplitargs` (narrower than `isspace`).
+fn ends_unquoted(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
 /// Splits an inline command line the way Redis's `sdssplitargs` does: whitespace separates
 /// arguments, double quotes allow `\n`-style and `\xHH` escapes, single quotes allow `\'`.
 fn split_inline_args(line: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), ProtocolError> {
     out.clear();
+    // Redis splits a C string: a NUL byte ends the line. (Every byte that ends an unquoted
+    // argument is also skipped as space, so each turn of the loop below makes progress.)
+    let line = &line[..memchr::memchr(0, line).unwrap_or(line.len())];
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < n && c_isspace(line[i]) {
             i += 1;
         }
         if i >= n {
@@ -286,7 +299,7 @@ fn split_inline_args(line: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Protocol
                 }
                 if c == b'"' {
                     // A closing quote must be followed by a space or the end.
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_isspace(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -304,7 +317,7 @@ fn split_inline_args(line: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Protocol
                     continue;
                 }
                 if c == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                    if i + 1 < n && !c_isspace(line[i + 1]) {
                         return Err(ProtocolError::UnbalancedQuotes);
                     }
                     i += 1;
@@ -315,7 +328,7 @@ fn split_inline_args(line: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Protocol
             } else {
                 match line.get(i) {
                     None => break,
-                    Some(c) if c.is_ascii_whitespace() => break,
+                    Some(&c) if ends_unquoted(c) => break,
                     Some(b'"') => in_dq = true,
                     Some(b'\'') => in_sq = true,
                     Some(&c) => arg.push(c),
@@ -509,5 +522,78 @@ impl ReplyScanner {
                 // A top-level attribute just completed: its value follows.
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+        let mut out = Vec::new();
+        split_inline_args(line, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn inline_splitting_follows_sdssplitargs() {
+        assert_eq!(
+            split(b"SET a b").unwrap(),
+            vec![b"SET".to_vec(), b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            split(b"SET \"a b\" 'c\\'d'").unwrap()[1..],
+            [b"a b".to_vec(), b"c'd".to_vec()]
+        );
+        assert_eq!(split(b"ECHO \"\\x41\\n\"").unwrap()[1], b"A\n".to_vec());
+        assert_eq!(split(b"\x0bPING").unwrap(), vec![b"PING".to_vec()]);
+        assert_eq!(split(b"GET \"a\"b"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(split(b"GET \"a"), Err(ProtocolError::UnbalancedQuotes));
+        // A NUL ends the line, as in Redis's C string; it must never stall the splitter.
+        assert_eq!(split(&[0u8; 64]).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(split(b"PING\0junk").unwrap(), vec![b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn requests_are_checked_before_they_are_buffered() {
+        let limits = Limits {
+            max_bulk_len: 8,
+            max_multibulk_len: 2,
+            ..Limits::default()
+        };
+        let mut spans = Vec::new();
+        let mut inline = Vec::new();
+        let mut scan = |b: &[u8]| scan_request(b, &limits, &mut spans, &mut inline);
+        assert_eq!(scan(b"*1\r\n$4\r\nPI"), Ok(None));
+        assert_eq!(
+            scan(b"*1\r\n$4\r\nPING\r\n"),
+            Ok(Some(Request::Multibulk { len: 14 }))
+        );
+        assert_eq!(scan(b"*3\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(scan(b"*1\r\n$9\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(scan(b"*1\r\n+x\r\n"), Err(ProtocolError::ExpectedBulk('+')));
+        assert_eq!(scan(b"*0\r\n"), Ok(Some(Request::Skip { len: 4 })));
+        assert_eq!(scan(b"PING\r\n"), Ok(Some(Request::Inline { len: 6 })));
+    }
+
+    #[test]
+    fn replies_of_every_type_and_nesting() {
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let mut s = ReplyScanner::new();
+        let whole = b"*2\r\n%1\r\n+k\r\n,1.5\r\n~1\r\n_\r\n";
+        let f = s.scan(whole, &limits).unwrap().unwrap();
+        assert_eq!((f.len, f.kind, f.count), (whole.len(), b'*', 2));
+        assert_eq!(s.scan(&whole[..whole.len() - 1], &limits), Ok(None));
+        let attr = b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n";
+        let f = s.scan(attr, &limits).unwrap().unwrap();
+        assert_eq!((f.len, f.kind, f.value_at), (attr.len(), b'$', 14));
+        let deep = b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n";
+        assert_eq!(s.scan(deep, &limits), Err(ProtocolError::TooDeep(3)));
+        assert_eq!(
+            s.scan(b"?1\r\n", &limits),
+            Err(ProtocolError::InvalidType(b'?'))
+        );
     }
 }

@@ -58,7 +58,9 @@ enum Kind {
     Reset,
     Quit,
     /// `EXEC`: `visible[i]` says whether element `i` of the reply array is the client's.
-    Exec(Vec<bool>),
+    /// `specials` are queued commands that change the connection when EXEC runs them, by
+    /// position among the visible elements.
+    Exec(Vec<bool>, Vec<(usize, Special)>),
 }
 
 #[derive(Debug)]
@@ -233,16 +235,34 @@ struct Conn {
     monitor: bool,
     /// `Some` between MULTI and EXEC/DISCARD: visibility of each queued command's reply.
     multi: Option<Vec<bool>>,
+    /// Queued commands that change the connection when EXEC runs them.
+    multi_specials: Vec<(usize, Special)>,
     /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
     multi_poisoned: bool,
-    /// Close once everything owed to the client is written.
+    /// Read no more commands; close once everything owed to the client is written.
     closing: bool,
+    /// Close now: pairing can no longer be trusted.
+    abort: bool,
+    /// Replies Redis will skip (`CLIENT REPLY OFF` / `SKIP`).
+    reply_mode: ReplyMode,
+    /// When the last reply arrived: a command's read timeout starts when it reaches the front.
+    last_reply_at: Instant,
+    /// Scanner limits for replies: Redis's own values may be larger than clients may send.
+    reply_limits: Limits,
     /// While the client has no connection state: its shared upstream connection.
     mux: Option<Mux>,
     /// A command needs a dedicated connection once the shared replies are in.
     pin_wanted: bool,
     /// Replies expected for what is in `uout` (the size of the next shared job).
     unsent: usize,
+}
+
+/// Whether Redis answers the client's commands (`CLIENT REPLY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    SkipNext,
 }
 
 /// A client's link to a shared upstream connection.
@@ -253,7 +273,11 @@ struct Mux {
 }
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
-pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    client: TcpStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<crate::listener::ShutdownPhase>,
+) {
     let _ = client.set_nodelay(true);
     let cfg = shared.config();
     let limits = cfg.limits;
@@ -282,7 +306,16 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, mut shutdown: watch::
         monitor: false,
         multi: None,
         multi_poisoned: false,
+        multi_specials: Vec::new(),
         closing: false,
+        abort: false,
+        reply_mode: ReplyMode::On,
+        last_reply_at: Instant::now(),
+        reply_limits: Limits {
+            max_bulk_len: cfg.max_buffered_bytes,
+            max_inline_len: cfg.max_buffered_bytes,
+            ..limits
+        },
         mux: shared.pool().and_then(|p| p.pick()).map(|jobs| {
             let (reply_tx, replies) = mpsc::unbounded_channel();
             Mux {
@@ -380,11 +413,11 @@ impl Conn {
         &mut self,
         client: TcpStream,
         up: &mut Up,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<crate::listener::ShutdownPhase>,
         read_timeout: Duration,
     ) -> Result<(), ConnError> {
         let (mut crd, cwr) = client.into_split();
-        let mut draining = *shutdown.borrow();
+        let mut draining = *shutdown.borrow() != crate::listener::ShutdownPhase::Running;
         let mut client_eof = false;
         loop {
             if self.pin_wanted && self.pending.is_empty() && self.uout.is_empty() {
@@ -394,15 +427,16 @@ impl Conn {
                 self.process_client();
                 self.send_batch(up, &cwr).await?;
             }
-            if self.closing || client_eof || draining {
-                let owed = !self.pending.is_empty() && !client_eof && !self.closing;
-                if self.cout.is_empty() && !owed {
-                    return Ok(());
-                }
-                if client_eof {
-                    // Nobody is left to read the replies.
-                    return Ok(());
-                }
+            if self.abort {
+                let _ = flush_client(&cwr, &mut self.cout);
+                return Ok(());
+            }
+            if (self.closing || client_eof || draining)
+                && self.pending.is_empty()
+                && self.cout.is_empty()
+            {
+                // Everything owed was delivered (a half-closed client still gets its replies).
+                return Ok(());
             }
             let read_client = !client_eof
                 && !self.closing
@@ -414,7 +448,7 @@ impl Conn {
             let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
             let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
-            let deadline = self.read_deadline(read_timeout, up.connected());
+            let deadline = self.read_deadline(read_timeout, up.connected() || self.mux.is_some());
 
             tokio::select! {
                 r = crd.readable(), if read_client => {
@@ -479,7 +513,11 @@ impl Conn {
                     }
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
-                _ = shutdown.changed(), if !draining => {
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() == crate::listener::ShutdownPhase::Abort {
+                        // The grace period is over.
+                        return Ok(());
+                    }
                     draining = true;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
@@ -552,7 +590,10 @@ impl Conn {
         }
         let now = Instant::now();
         for p in self.pending.range_mut(first_new..) {
-            p.meta.sent = Some(now);
+            // Replies the proxy made itself never went upstream.
+            if !matches!(p.kind, Kind::Local(..)) {
+                p.meta.sent = Some(now);
+            }
         }
     }
 
@@ -568,7 +609,9 @@ impl Conn {
         if front.meta.blocking {
             return None;
         }
-        Some(tokio::time::Instant::from_std(front.meta.start + timeout))
+        // Time queued behind earlier replies (a blocking command) does not count.
+        let since = front.meta.start.max(self.last_reply_at);
+        Some(tokio::time::Instant::from_std(since + timeout))
     }
 
     fn refresh_policy(&mut self) {
@@ -687,6 +730,11 @@ impl Conn {
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
             self.uout.extend_from_slice(raw);
+            if special(spec) == Special::Reset {
+                // Pairing resumes after `+RESET`: restore the proxy's authentication and
+                // database, which RESET drops.
+                self.send_handshake(start);
+            }
             return true;
         }
         if self.mux.is_some() && !multiplex::shareable(spec) {
@@ -737,7 +785,9 @@ impl Conn {
                 return true;
             }
         };
-        let blocking = spec.is_some_and(|s| s.is(CMD_BLOCKING));
+        // WAIT and WAITAOF wait for replicas by design, like the flagged blocking commands.
+        let blocking =
+            spec.is_some_and(|s| s.is(CMD_BLOCKING) || matches!(s.name, "WAIT" | "WAITAOF"));
         let kind = match special(spec) {
             Special::Multi => {
                 if self.multi.is_none() {
@@ -762,12 +812,23 @@ impl Conn {
                     );
                     return true;
                 }
-                Some(layout) => Kind::Exec(layout),
+                Some(layout) => Kind::Exec(layout, std::mem::take(&mut self.multi_specials)),
                 None => Kind::Reply,
             },
             Special::Discard => {
                 self.multi = None;
                 self.multi_poisoned = false;
+                Kind::Reply
+            }
+            sp @ (Special::Hello | Special::Quit | Special::Monitor | Special::Pubsub)
+                if self.multi.is_some() =>
+            {
+                // Queued: the reply now is +QUEUED; the effect comes with EXEC.
+                if let Some(layout) = self.multi.as_mut() {
+                    let visible = layout.iter().filter(|v| **v).count();
+                    self.multi_specials.push((visible, sp));
+                    layout.push(true);
+                }
                 Kind::Reply
             }
             Special::Hello => Kind::Hello,
@@ -795,6 +856,36 @@ impl Conn {
             }
             None => self.send(raw),
         }
+        let mut replies = self.expect_reply();
+        if spec.is_some_and(|s| s.name == "CLIENT|REPLY") {
+            let mode = argv.get(2).unwrap_or_default();
+            if mode.eq_ignore_ascii_case(b"ON") {
+                // Answered even when replies were off.
+                self.reply_mode = ReplyMode::On;
+                replies = true;
+            } else if mode.eq_ignore_ascii_case(b"OFF") {
+                self.reply_mode = ReplyMode::Off;
+                replies = false;
+            } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                if self.reply_mode != ReplyMode::Off {
+                    self.reply_mode = ReplyMode::SkipNext;
+                }
+                replies = false;
+            }
+        }
+        if !replies {
+            // Redis sends nothing back, so nothing waits in the queue.
+            self.scratch.actions.clear();
+            for extra in append {
+                let mut b = BytesMut::new();
+                codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
+                self.send(&b);
+                if self.expect_reply() {
+                    self.push(Kind::Hidden, None, false, start);
+                }
+            }
+            return true;
+        }
         let mut entry = Pending::new(kind, cmd, start);
         entry.meta.blocking = blocking;
         entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
@@ -812,20 +903,38 @@ impl Conn {
             if let Some(layout) = self.multi.as_mut() {
                 layout.push(false);
             }
-            self.push(Kind::Hidden, None, false, start);
+            if self.expect_reply() {
+                self.push(Kind::Hidden, None, false, start);
+            }
         }
         if is_reset {
             // RESET drops the connection's authentication and database: restore the proxy's.
-            let cfg = self.shared.config();
-            let hs = handshake_commands(&cfg.upstream);
-            if !hs.is_empty() {
-                self.send(&hs);
-                for _ in 0..handshake_len(&cfg.upstream) {
-                    self.push(Kind::Hidden, None, false, start);
-                }
-            }
+            self.send_handshake(start);
         }
         true
+    }
+
+    fn send_handshake(&mut self, start: Instant) {
+        let cfg = self.shared.config();
+        let hs = handshake_commands(&cfg.upstream);
+        if !hs.is_empty() {
+            self.send(&hs);
+            for _ in 0..handshake_len(&cfg.upstream) {
+                self.push(Kind::Hidden, None, false, start);
+            }
+        }
+    }
+
+    /// Whether Redis will answer the next command sent, under `CLIENT REPLY`.
+    fn expect_reply(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => true,
+            ReplyMode::Off => false,
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                false
+            }
+        }
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -902,7 +1011,7 @@ impl Conn {
         let mut result = Ok(());
         while off < buf.len() {
             let rest = &buf[off..];
-            let frame = match self.scanner.scan(rest, &self.limits) {
+            let frame = match self.scanner.scan(rest, &self.reply_limits) {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     if rest.len() > self.max_buffered {
@@ -996,14 +1105,10 @@ impl Conn {
                 && !self.resp3
                 && (front_pubsub || self.subs > 0 || self.shard_subs > 0));
         if maybe_pubsub {
-            if let Some(ps) = pubsub_frame(&bytes[f.value_at..], &self.limits) {
+            if let Some(ps) = pubsub_frame(&bytes[f.value_at..], &self.reply_limits) {
                 if let PubsubFrame::Confirm { shard, count } = ps {
                     if let Some(c) = count {
-                        if shard {
-                            self.shard_subs = c;
-                        } else {
-                            self.subs = c;
-                        }
+                        self.set_subs(shard, c);
                     }
                     if front_pubsub {
                         self.pop_done(Outcome::Ok);
@@ -1017,11 +1122,21 @@ impl Conn {
             }
         }
         let Some(p) = self.pending.pop_front() else {
+            if f.kind == b'*' {
+                if let Some(PubsubFrame::Confirm { shard, count }) =
+                    pubsub_frame(&bytes[f.value_at..], &self.reply_limits)
+                {
+                    // Subscribed from inside MULTI: Redis now sends pub/sub frames.
+                    self.set_subs(shard, count.unwrap_or(1));
+                    return Action::Forward;
+                }
+            }
             // Redis sent a reply nobody asked for: pairing can no longer be trusted.
             tracing::warn!("upstream sent an unexpected reply; closing the connection");
-            self.closing = true;
+            self.abort = true;
             return Action::Drop;
         };
+        self.last_reply_at = self.now;
         let outcome = if f.kind == b'-' || f.kind == b'!' {
             Outcome::Error
         } else {
@@ -1041,7 +1156,7 @@ impl Conn {
             Kind::Local(..) => {
                 // Cannot happen: locals are drained before any upstream reply is paired.
                 tracing::warn!("reply pairing lost; closing the connection");
-                self.closing = true;
+                self.abort = true;
                 return Action::Drop;
             }
             Kind::Monitor => {
@@ -1068,8 +1183,11 @@ impl Conn {
                 self.closing = true;
                 true
             }
-            Kind::Exec(layout) => {
-                if f.kind == b'*' && layout.iter().any(|v| !v) {
+            Kind::Exec(layout, specials) => {
+                if !specials.is_empty() && f.count >= 0 {
+                    self.apply_exec_specials(bytes, f, &layout, &specials);
+                }
+                if f.kind == b'*' && f.count >= 0 && layout.iter().any(|v| !v) {
                     match self.filter_exec(bytes, f, &layout) {
                         Some(out) => {
                             self.record(&p.meta, outcome, None);
@@ -1077,7 +1195,7 @@ impl Conn {
                         }
                         None => {
                             tracing::warn!("EXEC reply did not match the queued commands; closing");
-                            self.closing = true;
+                            self.abort = true;
                             return Action::Drop;
                         }
                     }
@@ -1132,7 +1250,7 @@ impl Conn {
                 m.key_ns.as_deref(),
                 nkeys,
                 reply,
-                &self.limits,
+                &self.reply_limits,
             );
         }
         self.shared.metrics.latency(
@@ -1142,11 +1260,76 @@ impl Conn {
         );
     }
 
+    fn set_subs(&mut self, shard: bool, count: i64) {
+        if shard {
+            self.shard_subs = count;
+        } else {
+            self.subs = count;
+        }
+    }
+
     fn reset_state(&mut self) {
+        self.reply_mode = ReplyMode::On;
         self.resp3 = false;
         self.subs = 0;
         self.shard_subs = 0;
         self.monitor = false;
+    }
+
+    /// Applies what queued HELLO, (un)subscribe, MONITOR and QUIT did when EXEC ran them.
+    fn apply_exec_specials(
+        &mut self,
+        bytes: &[u8],
+        f: ReplyFrame,
+        layout: &[bool],
+        specials: &[(usize, Special)],
+    ) {
+        let Some(nl) = memchr::memchr(b'\n', &bytes[f.value_at..]) else {
+            return;
+        };
+        let mut pos = f.value_at + nl + 1;
+        let mut scanner = ReplyScanner::new();
+        let mut elements = Vec::new();
+        while pos < bytes.len() {
+            let Ok(Some(el)) = scanner.scan(&bytes[pos..], &self.reply_limits) else {
+                break;
+            };
+            elements.push((pos, el));
+            pos += el.len;
+        }
+        // Specials are numbered among the client's own commands: skip the proxy's.
+        if elements.len() != layout.len() {
+            return;
+        }
+        let visible: Vec<_> = elements
+            .into_iter()
+            .zip(layout)
+            .filter(|(_, keep)| **keep)
+            .map(|(e, _)| e)
+            .collect();
+        for (idx, sp) in specials {
+            let Some((at, el)) = visible.get(*idx).copied() else {
+                continue;
+            };
+            let value = &bytes[at + el.value_at..at + el.len];
+            match sp {
+                Special::Hello => match el.kind {
+                    b'%' => self.resp3 = true,
+                    b'*' => self.resp3 = false,
+                    _ => {}
+                },
+                Special::Pubsub => {
+                    if let Some(PubsubFrame::Confirm { shard, count }) =
+                        pubsub_frame(value, &self.reply_limits)
+                    {
+                        self.set_subs(shard, count.unwrap_or(1));
+                    }
+                }
+                Special::Monitor if el.kind == b'+' => self.monitor = true,
+                Special::Quit => self.closing = true,
+                _ => {}
+            }
+        }
     }
 
     /// Removes the replies of proxy-added commands from an EXEC array.
@@ -1164,7 +1347,7 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         let mut scanner = ReplyScanner::new();
         for keep in layout {
-            let el = scanner.scan(&bytes[pos..], &self.limits).ok()??;
+            let el = scanner.scan(&bytes[pos..], &self.reply_limits).ok()??;
             if *keep {
                 out.extend_from_slice(&bytes[pos..pos + el.len]);
             }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod multiplex;
 pub mod policy;
 pub mod reload;
+pub mod stats;
 pub mod upstream;
 
 pub use config::Config;

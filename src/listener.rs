@@ -18,6 +18,16 @@ use crate::metrics::{Metrics, NsTable};
 use crate::multiplex::Pool;
 use crate::policy::Policy;
 
+/// Where the proxy is in its life; connections watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownPhase {
+    Running,
+    /// Stop reading commands; deliver outstanding replies, then close.
+    Draining,
+    /// The grace period is over: close now.
+    Abort,
+}
+
 /// State shared by every connection of one proxy.
 pub struct Shared {
     config: RwLock<Arc<Config>>,
@@ -124,7 +134,7 @@ pub struct Proxy {
     pub local_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<ShutdownPhase>,
     task: JoinHandle<()>,
 }
 
@@ -145,7 +155,7 @@ impl Proxy {
                 .pool
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));
         }
-        let (shutdown, rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(ShutdownPhase::Running);
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve(l, shared.clone(), rx.clone()));
         }
@@ -163,13 +173,19 @@ impl Proxy {
     /// Stops accepting, lets connections deliver their outstanding replies, and returns once
     /// they are done or `grace` has passed.
     pub async fn shutdown(self, grace: Duration) {
-        let _ = self.shutdown.send(true);
-        match tokio::time::timeout(grace, self.task).await {
+        let _ = self.shutdown.send(ShutdownPhase::Draining);
+        let mut task = self.task;
+        match tokio::time::timeout(grace, &mut task).await {
             Ok(_) => tracing::info!("all connections drained"),
-            Err(_) => tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "grace period over; closing remaining connections"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "grace period over; closing remaining connections"
+                );
+                let _ = self.shutdown.send(ShutdownPhase::Abort);
+                // Connections exit at their next poll; give them a moment to close sockets.
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+            }
         }
     }
 }
@@ -177,7 +193,7 @@ impl Proxy {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
 ) {
     // Every connection task holds a sender; when all are dropped, draining is complete.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -218,7 +234,7 @@ fn admit(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
 ) {
     let max = shared.config().max_clients;

@@ -21,6 +21,75 @@ const DURATION_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+const COUNTER_HELP: &[(&str, &str)] = &[
+    (
+        "respguard_commands_total",
+        "Commands by command, key namespace and result (ok, error, rejected).",
+    ),
+    (
+        "respguard_cache_hits_total",
+        "Reads that found a value, by namespace and command.",
+    ),
+    (
+        "respguard_cache_misses_total",
+        "Reads that found nothing (nil or empty), by namespace and command.",
+    ),
+    (
+        "respguard_ttl_enforced_total",
+        "TTL actions by namespace: added, clamped, raised, refused.",
+    ),
+    (
+        "respguard_policy_rejections_total",
+        "Commands refused by the policy, by namespace and rule.",
+    ),
+    (
+        "respguard_sensitive_fields_total",
+        "Sensitive fields found in written values, by namespace, field and action.",
+    ),
+    (
+        "respguard_client_connections_total",
+        "Client connections accepted.",
+    ),
+    (
+        "respguard_client_connections_refused_total",
+        "Client connections refused at the client limit.",
+    ),
+    (
+        "respguard_client_protocol_errors_total",
+        "Client connections closed for malformed or oversized RESP.",
+    ),
+    (
+        "respguard_upstream_errors_total",
+        "Upstream failures by kind.",
+    ),
+    (
+        "respguard_config_reloads_total",
+        "Configuration reloads by result (ok, error).",
+    ),
+];
+
+const GAUGE_HELP: &[(&str, &str)] = &[
+    (
+        "respguard_client_connections",
+        "Client connections open now.",
+    ),
+    (
+        "respguard_build_info",
+        "Always 1; the version label says which respguard runs.",
+    ),
+];
+
+const HISTOGRAM_HELP: &[(&str, &str)] = &[
+    (
+        "respguard_command_duration_seconds",
+        "Time from a command fully read to its reply handed to the client socket.",
+    ),
+    (
+        "respguard_upstream_duration_seconds",
+        "Time from a command written to Redis to its reply read: the Redis share.",
+    ),
+];
+
 /// How a command ended, for `respguard_commands_total{result}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -261,11 +330,21 @@ impl Metrics {
             handle,
             recorder: Arc::new(recorder),
         };
-        m.recorder.describe_counter(
-            "respguard_commands_total".into(),
-            None,
-            "Commands by result".into(),
-        );
+        for (name, help) in COUNTER_HELP {
+            m.recorder
+                .describe_counter((*name).into(), None, (*help).into());
+        }
+        for (name, help) in GAUGE_HELP {
+            m.recorder
+                .describe_gauge((*name).into(), None, (*help).into());
+        }
+        for (name, help) in HISTOGRAM_HELP {
+            m.recorder.describe_histogram(
+                (*name).into(),
+                Some(metrics::Unit::Seconds),
+                (*help).into(),
+            );
+        }
         let info = m.recorder.register_gauge(
             &Key::from_parts(
                 "respguard_build_info",

@@ -244,22 +244,33 @@ fn dispatch(
     scanner: &mut ReplyScanner,
     sh: &Shared,
 ) -> Result<(), UpstreamError> {
-    let limits = sh.config().limits;
+    // A shared connection carries many clients' replies: only the nesting depth is bounded
+    // here; each client applies its own size limits when it receives its frames.
+    let limits = crate::codec::Limits {
+        max_bulk_len: usize::MAX >> 1,
+        max_inline_len: usize::MAX >> 1,
+        ..sh.config().limits
+    };
     let mut off = 0;
     let mut chunk_start = 0;
+    let mut result = Ok(());
     loop {
         let Some(front) = fifo.front_mut() else {
             if off < inb.len() {
                 // Redis replied to nothing we sent: never guess whose reply it is.
-                return Err(UpstreamError::Protocol(
+                result = Err(UpstreamError::Protocol(
                     crate::codec::ProtocolError::InvalidLine,
                 ));
             }
             break;
         };
-        let frame = match scanner.scan(&inb[off..], &limits)? {
-            Some(f) => f,
-            None => break,
+        let frame = match scanner.scan(&inb[off..], &limits) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
         };
         off += frame.len;
         front.remaining -= 1;
@@ -278,7 +289,7 @@ fn dispatch(
             let _ = front.to.send(SharedReply::Frames(chunk));
         }
     }
-    Ok(())
+    result
 }
 
 fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {

@@ -53,35 +53,79 @@ async fn seed_keys_good_pass_bad_are_refused_before_redis() {
         "rate_limit:login:42:3600",
         "session:{42}",
     ] {
-        assert_eq!(c.call(&[b"SET", good.as_bytes(), b"v"]).await, b"+OK\r\n", "{good}");
-        assert_eq!(d.call(&[b"EXISTS", good.as_bytes()]).await, b":1\r\n", "{good}");
+        assert_eq!(
+            c.call(&[b"SET", good.as_bytes(), b"v"]).await,
+            b"+OK\r\n",
+            "{good}"
+        );
+        assert_eq!(
+            d.call(&[b"EXISTS", good.as_bytes()]).await,
+            b":1\r\n",
+            "{good}"
+        );
     }
     let r = text(&c.call(&[b"SET", b"user42", b"v"]).await);
-    assert!(r.starts_with("-POLICY key \"user42\" matches no namespace: "), "{r}");
+    assert!(
+        r.starts_with("-POLICY key \"user42\" matches no namespace: "),
+        "{r}"
+    );
     let r = text(&c.call(&[b"INCR", b"123_limit"]).await);
-    assert!(r.starts_with("-POLICY key \"123_limit\" matches no namespace"), "{r}");
+    assert!(
+        r.starts_with("-POLICY key \"123_limit\" matches no namespace"),
+        "{r}"
+    );
     let r = text(&c.call(&[b"GET", b"session:"]).await);
-    assert!(r.starts_with("-POLICY key \"session:\" has an empty segment"), "{r}");
+    assert!(
+        r.starts_with("-POLICY key \"session:\" has an empty segment"),
+        "{r}"
+    );
     let r = text(&c.call(&[b"GET", b"user_profile:42:extra"]).await);
-    assert!(r.contains("user_profile:{id}"), "the error suggests the pattern: {r}");
+    assert!(
+        r.contains("user_profile:{id}"),
+        "the error suggests the pattern: {r}"
+    );
     for bad in [&b"user42"[..], b"123_limit", b"session:"] {
         assert_eq!(d.call(&[b"EXISTS", bad]).await, b":0\r\n");
     }
 
     // One bad key refuses the whole command; none of it reaches Redis.
-    let r = text(&c.call(&[b"MSET", b"session:a", b"1", b"bad", b"2", b"session:b", b"3"]).await);
+    let r = text(
+        &c.call(&[
+            b"MSET",
+            b"session:a",
+            b"1",
+            b"bad",
+            b"2",
+            b"session:b",
+            b"3",
+        ])
+        .await,
+    );
     assert!(r.starts_with("-POLICY key \"bad\""), "{r}");
-    assert_eq!(d.call(&[b"EXISTS", b"session:a", b"bad", b"session:b"]).await, b":0\r\n");
+    assert_eq!(
+        d.call(&[b"EXISTS", b"session:a", b"bad", b"session:b"])
+            .await,
+        b":0\r\n"
+    );
     let r = text(&c.call(&[b"DEL", b"session:42", b"nope"]).await);
     assert!(r.starts_with("-POLICY"), "{r}");
     assert_eq!(d.call(&[b"EXISTS", b"session:42"]).await, b":1\r\n");
 
     // Keys behind keywords and numkeys are found through the command table.
-    let r = text(&c.call(&[b"SORT", b"session:42", b"ALPHA", b"STORE", b"dest"]).await);
+    let r = text(
+        &c.call(&[b"SORT", b"session:42", b"ALPHA", b"STORE", b"dest"])
+            .await,
+    );
     assert!(r.contains("\"dest\""), "{r}");
-    let r = text(&c.call(&[b"XREAD", b"STREAMS", b"session:1", b"stream", b"0", b"0"]).await);
+    let r = text(
+        &c.call(&[b"XREAD", b"STREAMS", b"session:1", b"stream", b"0", b"0"])
+            .await,
+    );
     assert!(r.contains("\"stream\""), "{r}");
-    let r = text(&c.call(&[b"ZUNIONSTORE", b"session:z", b"2", b"session:1", b"other"]).await);
+    let r = text(
+        &c.call(&[b"ZUNIONSTORE", b"session:z", b"2", b"session:1", b"other"])
+            .await,
+    );
     assert!(r.contains("\"other\""), "{r}");
     let r = text(&c.call(&[b"OBJECT", b"ENCODING", b"nope"]).await);
     assert!(r.starts_with("-POLICY key \"nope\""), "{r}");
@@ -99,8 +143,14 @@ async fn keys_are_bytes() {
     let proxy = common::proxy(POLICY, &redis.url()).await;
     let mut c = Raw::connect(proxy.local_addr).await;
     let mut d = direct(&redis).await;
-    assert_eq!(c.call(&[b"SET", b"blob:\xff\x00\xfe", b"\x00v"]).await, b"+OK\r\n");
-    assert_eq!(d.call(&[b"GET", b"blob:\xff\x00\xfe"]).await, b"$2\r\n\x00v\r\n");
+    assert_eq!(
+        c.call(&[b"SET", b"blob:\xff\x00\xfe", b"\x00v"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        d.call(&[b"GET", b"blob:\xff\x00\xfe"]).await,
+        b"$2\r\n\x00v\r\n"
+    );
     let r = text(&c.call(&[b"SET", b"\xff\xfe:\x00", b"v"]).await);
     assert_eq!(
         r,
@@ -121,7 +171,10 @@ async fn denied_and_unknown_commands() {
     let mut d = direct(&redis).await;
     assert_eq!(c.call(&[b"SET", b"session:1", b"v"]).await, b"+OK\r\n");
 
-    assert_eq!(text(&c.call(&[b"KEYS", b"*"]).await), "-POLICY KEYS is disabled here: use SCAN");
+    assert_eq!(
+        text(&c.call(&[b"KEYS", b"*"]).await),
+        "-POLICY KEYS is disabled here: use SCAN"
+    );
     let r = text(&c.call(&[b"flushall"]).await);
     assert!(r.starts_with("-POLICY FLUSHALL is disabled here: "), "{r}");
     assert_eq!(d.call(&[b"EXISTS", b"session:1"]).await, b":1\r\n");
@@ -141,7 +194,10 @@ async fn denied_and_unknown_commands() {
     );
     assert!(r.contains("policy.allowed_unknown_commands"), "{r}");
     let r = text(&c.call(&[b"my.cmd", b"x"]).await);
-    assert!(r.starts_with("-ERR unknown command 'my.cmd'"), "Redis itself answered: {r}");
+    assert!(
+        r.starts_with("-ERR unknown command 'my.cmd'"),
+        "Redis itself answered: {r}"
+    );
 
     // Channels are not keys.
     assert_eq!(c.call(&[b"PUBLISH", b"any channel", b"m"]).await, b":0\r\n");
@@ -160,14 +216,18 @@ async fn scripts_declared_keys_are_checked() {
     let script = b"redis.call('SET', KEYS[1], ARGV[1]) return 1";
     let r = text(&c.call(&[b"EVAL", script, b"1", b"undeclared", b"v"]).await);
     assert!(r.starts_with("-POLICY key \"undeclared\""), "{r}");
-    assert_eq!(c.call(&[b"EVAL", script, b"1", b"session:s", b"v"]).await, b":1\r\n");
+    assert_eq!(
+        c.call(&[b"EVAL", script, b"1", b"session:s", b"v"]).await,
+        b":1\r\n"
+    );
     assert_eq!(d.call(&[b"GET", b"session:s"]).await, b"$1\r\nv\r\n");
     // The declared key was written by the script: the hidden EXPIRE NX gave it its TTL.
     let ttl = text(&d.call(&[b"TTL", b"session:s"]).await);
     assert!(ttl == ":1800" || ttl == ":1799", "{ttl}");
     // Keys a script touches without declaring them cannot be seen (documented limit).
     assert_eq!(
-        c.call(&[b"EVAL", b"return redis.call('EXISTS', 'anything')", b"0"]).await,
+        c.call(&[b"EVAL", b"return redis.call('EXISTS', 'anything')", b"0"])
+            .await,
         b":0\r\n"
     );
 }

@@ -52,7 +52,7 @@ async fn resp2_replies_are_byte_identical_to_redis() {
     let mut via_proxy = raw_proxy(&proxy).await;
     let got = replies(&mut via_proxy, cmds).await;
     let mut direct = redis.raw().await;
-    assert_resp!(direct.call(&[b"FLUSHALL"]).await, b"+OK\r\n");
+    assert_resp!(direct.ask(&[b"FLUSHALL"]).await, b"+OK\r\n");
     let want = replies(&mut direct, cmds).await;
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_resp!(g, w, "command {i}: proxy {} vs redis {}", show(g), show(w));
@@ -74,25 +74,29 @@ async fn resp3_types_pass_through_hello_3() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
     let proxy = common::proxy("", &redis.url()).await;
     let mut c = raw_proxy(&proxy).await;
-    let hello = c.call(&[b"HELLO", b"3"]).await;
-    assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{}", show(&hello));
+    let hello = c.ask(&[b"HELLO", b"3"]).await;
+    assert!(
+        hello.starts_with(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"),
+        "{}",
+        show(&hello)
+    );
     assert!(
         show(&hello).contains("$5\\r\\nproto\\r\\n:3\\r\\n"),
         "{}",
         show(&hello)
     );
-    assert_resp!(c.call(&[b"HSET", b"h", b"f", b"v"]).await, b":1\r\n");
+    assert_resp!(c.ask(&[b"HSET", b"h", b"f", b"v"]).await, b":1\r\n");
     assert_resp!(
-        c.call(&[b"HGETALL", b"h"]).await,
+        c.ask(&[b"HGETALL", b"h"]).await,
         b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
     );
-    assert_resp!(c.call(&[b"SADD", b"s", b"a"]).await, b":1\r\n");
-    assert_resp!(c.call(&[b"SMEMBERS", b"s"]).await, b"~1\r\n$1\r\na\r\n");
-    assert_resp!(c.call(&[b"ZADD", b"z", b"1.5", b"m"]).await, b":1\r\n");
-    assert_resp!(c.call(&[b"ZSCORE", b"z", b"m"]).await, b",1.5\r\n");
-    assert_resp!(c.call(&[b"GET", b"missing"]).await, b"_\r\n");
+    assert_resp!(c.ask(&[b"SADD", b"s", b"a"]).await, b":1\r\n");
+    assert_resp!(c.ask(&[b"SMEMBERS", b"s"]).await, b"~1\r\n$1\r\na\r\n");
+    assert_resp!(c.ask(&[b"ZADD", b"z", b"1.5", b"m"]).await, b":1\r\n");
+    assert_resp!(c.ask(&[b"ZSCORE", b"z", b"m"]).await, b",1.5\r\n");
+    assert_resp!(c.ask(&[b"GET", b"missing"]).await, b"_\r\n");
     assert_resp!(
-        c.call(&[
+        c.ask(&[
             b"EVAL",
             b"redis.setresp(3); return redis.call('EXISTS', KEYS[1]) == 1",
             b"1",
@@ -103,42 +107,45 @@ async fn resp3_types_pass_through_hello_3() {
     );
     // DEBUG PROTOCOL emits every RESP3 type, attributes and out-of-band pushes included.
     assert_resp!(
-        c.call(&[b"DEBUG", b"PROTOCOL", b"attrib"]).await,
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"attrib"]).await,
         &b"|1\r\n$14\r\nkey-popularity\r\n*2\r\n$7\r\nkey:123\r\n:90\r\n$39\r\nSome real reply following the attribute\r\n"[..]
     );
     // The push is not the command's reply: it is passed through and the reply follows it.
     c.cmd(&[b"DEBUG", b"PROTOCOL", b"push"]).await;
-    assert_resp!(c.read().await, b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n");
+    assert_resp!(c.reply().await, b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n");
     assert_resp!(
-        c.read().await,
+        c.reply().await,
         &b"$40\r\nSome real reply following the push reply\r\n"[..]
     );
     assert_resp!(
-        c.call(&[b"DEBUG", b"PROTOCOL", b"bignum"]).await,
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"bignum"]).await,
         b"(1234567999999999999999999999999999999\r\n"
     );
     assert_resp!(
-        c.call(&[b"DEBUG", b"PROTOCOL", b"verbatim"]).await,
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"verbatim"]).await,
         b"=29\r\ntxt:This is a verbatim\nstring\r\n"
     );
-    assert_resp!(c.call(&[b"DEBUG", b"PROTOCOL", b"false"]).await, b"#f\r\n");
-    assert_resp!(c.call(&[b"DEBUG", b"PROTOCOL", b"double"]).await, b",3.141\r\n");
+    assert_resp!(c.ask(&[b"DEBUG", b"PROTOCOL", b"false"]).await, b"#f\r\n");
     assert_resp!(
-        c.call(&[b"DEBUG", b"PROTOCOL", b"map"]).await,
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"double"]).await,
+        b",3.141\r\n"
+    );
+    assert_resp!(
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"map"]).await,
         b"%3\r\n:0\r\n#f\r\n:1\r\n#t\r\n:2\r\n#f\r\n"
     );
     // Still paired after all of that, and back to RESP2 with HELLO 2.
-    assert_resp!(c.call(&[b"PING"]).await, b"+PONG\r\n");
-    let hello2 = c.call(&[b"HELLO", b"2"]).await;
+    assert_resp!(c.ask(&[b"PING"]).await, b"+PONG\r\n");
+    let hello2 = c.ask(&[b"HELLO", b"2"]).await;
     assert!(hello2.starts_with(b"*14\r\n"), "{}", show(&hello2));
     assert_resp!(
-        c.call(&[b"HGETALL", b"h"]).await,
+        c.ask(&[b"HGETALL", b"h"]).await,
         b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
     );
-    assert_resp!(c.call(&[b"GET", b"missing"]).await, b"$-1\r\n");
+    assert_resp!(c.ask(&[b"GET", b"missing"]).await, b"$-1\r\n");
     // RESP2 drops the attribute; the reply itself stays paired.
     assert_resp!(
-        c.call(&[b"DEBUG", b"PROTOCOL", b"attrib"]).await,
+        c.ask(&[b"DEBUG", b"PROTOCOL", b"attrib"]).await,
         &b"$39\r\nSome real reply following the attribute\r\n"[..]
     );
 }
@@ -148,7 +155,7 @@ async fn resp3_pipeline_with_attributes_and_pushes_stays_in_order() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
     let proxy = common::proxy("", &redis.url()).await;
     let mut c = raw_proxy(&proxy).await;
-    let hello = c.call(&[b"HELLO", b"3"]).await;
+    let hello = c.ask(&[b"HELLO", b"3"]).await;
     assert!(hello.starts_with(b"%7\r\n"), "{}", show(&hello));
     let mut cmds: Vec<&[&[u8]]> = Vec::new();
     for _ in 0..50 {
@@ -159,16 +166,16 @@ async fn resp3_pipeline_with_attributes_and_pushes_stays_in_order() {
     c.send(&encode_many(&cmds)).await;
     for i in 0..50 {
         assert_resp!(
-            c.read().await,
+            c.reply().await,
             &b"|1\r\n$14\r\nkey-popularity\r\n*2\r\n$7\r\nkey:123\r\n:90\r\n$39\r\nSome real reply following the attribute\r\n"[..],
             "round {i}"
         );
-        assert_resp!(c.read().await, b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n");
+        assert_resp!(c.reply().await, b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n");
         assert_resp!(
-            c.read().await,
+            c.reply().await,
             &b"$40\r\nSome real reply following the push reply\r\n"[..]
         );
-        assert_resp!(c.read().await, b"$5\r\nafter\r\n", "round {i}");
+        assert_resp!(c.reply().await, b"$5\r\nafter\r\n", "round {i}");
     }
 }
 
@@ -247,10 +254,7 @@ fn reply_scanner_bounds_depth_without_recursion() {
     let f = scan_whole(&nested(8), &limits);
     assert_eq!(f.kind, b'*');
     let mut s = ReplyScanner::new();
-    assert_eq!(
-        s.scan(&nested(9), &limits),
-        Err(ProtocolError::TooDeep(8))
-    );
+    assert_eq!(s.scan(&nested(9), &limits), Err(ProtocolError::TooDeep(8)));
     // Attributes nest too: each one counts as a level.
     assert_eq!(
         s.scan(&b"|1\r\n".repeat(20), &limits),
@@ -273,26 +277,26 @@ async fn inline_commands_as_telnet_sends_them() {
     let proxy = common::proxy("", &redis.url()).await;
     let mut c = raw_proxy(&proxy).await;
     c.send(b"PING\r\n").await;
-    assert_resp!(c.read().await, b"+PONG\r\n");
+    assert_resp!(c.reply().await, b"+PONG\r\n");
     // netcat sends a bare LF; blank lines are skipped like Redis does.
     c.send(b"PING\n").await;
-    assert_resp!(c.read().await, b"+PONG\r\n");
+    assert_resp!(c.reply().await, b"+PONG\r\n");
     c.send(b"\r\n\r\n  ping   hello  \r\n").await;
-    assert_resp!(c.read().await, b"$5\r\nhello\r\n");
+    assert_resp!(c.reply().await, b"$5\r\nhello\r\n");
     // A line split across writes is joined.
     c.send(b"ECHO sp").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     c.send(b"lit\r\n").await;
-    assert_resp!(c.read().await, b"$5\r\nsplit\r\n");
+    assert_resp!(c.reply().await, b"$5\r\nsplit\r\n");
     // Inline and multibulk commands interleave in one write, replies in order.
     let mut mixed = b"SET k 1\r\n".to_vec();
     mixed.extend_from_slice(&encode_many(&[&[b"INCR", b"k"]]));
     mixed.extend_from_slice(b"INCR k\r\nGET k\n");
     c.send(&mixed).await;
-    assert_resp!(c.read().await, b"+OK\r\n");
-    assert_resp!(c.read().await, b":2\r\n");
-    assert_resp!(c.read().await, b":3\r\n");
-    assert_resp!(c.read().await, b"$1\r\n3\r\n");
+    assert_resp!(c.reply().await, b"+OK\r\n");
+    assert_resp!(c.reply().await, b":2\r\n");
+    assert_resp!(c.reply().await, b":3\r\n");
+    assert_resp!(c.reply().await, b"$1\r\n3\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,18 +305,18 @@ async fn inline_quoted_arguments() {
     let proxy = common::proxy("", &redis.url()).await;
     let mut c = raw_proxy(&proxy).await;
     c.send(b"SET \"a b\" \"c\\nd\"\r\n").await;
-    assert_resp!(c.read().await, b"+OK\r\n");
-    assert_resp!(c.call(&[b"GET", b"a b"]).await, b"$3\r\nc\nd\r\n");
+    assert_resp!(c.reply().await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"GET", b"a b"]).await, b"$3\r\nc\nd\r\n");
     c.send(b"SET 'it\\'s' \"\\x41\\x00B\\r\\n\\t\"\r\n").await;
-    assert_resp!(c.read().await, b"+OK\r\n");
-    assert_resp!(c.call(&[b"GET", b"it's"]).await, b"$6\r\nA\0B\r\n\t\r\n");
+    assert_resp!(c.reply().await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"GET", b"it's"]).await, b"$6\r\nA\0B\r\n\t\r\n");
     c.send(b"ECHO \"\"\r\n").await;
-    assert_resp!(c.read().await, b"$0\r\n\r\n");
+    assert_resp!(c.reply().await, b"$0\r\n\r\n");
     // Same values reached Redis.
     let mut direct = redis.raw().await;
-    assert_resp!(direct.call(&[b"GET", b"a b"]).await, b"$3\r\nc\nd\r\n");
+    assert_resp!(direct.ask(&[b"GET", b"a b"]).await, b"$3\r\nc\nd\r\n");
     assert_resp!(
-        direct.call(&[b"GET", b"it's"]).await,
+        direct.ask(&[b"GET", b"it's"]).await,
         b"$6\r\nA\0B\r\n\t\r\n"
     );
 }
@@ -320,7 +324,7 @@ async fn inline_quoted_arguments() {
 /// Sends one inline line to `conn` and returns its reply and whether the connection closed.
 async fn inline_outcome(conn: &mut Raw, line: &[u8]) -> (Vec<u8>, bool) {
     conn.send(line).await;
-    let reply = conn.read().await;
+    let reply = conn.reply().await;
     let closed = conn.closed_within(Duration::from_millis(150)).await;
     (reply, closed)
 }
@@ -343,7 +347,7 @@ async fn inline_unbalanced_quotes_match_redis() {
     }
     // The proxy still serves.
     let mut c = raw_proxy(&proxy).await;
-    assert_resp!(c.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_resp!(c.ask(&[b"PING"]).await, b"+PONG\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,8 +373,8 @@ async fn inline_splitting_matches_redis() {
         let mut d = redis.raw().await;
         p.send(line).await;
         d.send(line).await;
-        let want = d.read().await;
-        let got = p.read().await;
+        let want = d.reply().await;
+        let got = p.reply().await;
         if got != want {
             differ.push(format!(
                 "{}: proxy {} redis {}",
@@ -380,7 +384,11 @@ async fn inline_splitting_matches_redis() {
             ));
         }
     }
-    assert!(differ.is_empty(), "inline splitting differs:\n{}", differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "inline splitting differs:\n{}",
+        differ.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,33 +446,30 @@ async fn binary_safe_keys_and_values() {
     value.extend_from_slice(b"\r\n$3\r\n*1\r\n");
     value.extend_from_slice(&all);
     let mut c = raw_proxy(&proxy).await;
-    assert_resp!(c.call(&[b"SET", &key, &value]).await, b"+OK\r\n");
-    assert_resp!(c.call(&[b"GET", &key]).await, bulk(&value));
+    assert_resp!(c.ask(&[b"SET", &key, &value]).await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"GET", &key]).await, bulk(&value));
     assert_resp!(
-        c.call(&[b"STRLEN", &key]).await,
+        c.ask(&[b"STRLEN", &key]).await,
         format!(":{}\r\n", value.len()).into_bytes()
     );
     assert_resp!(
-        c.call(&[b"HSET", b"h", &all, &all]).await,
+        c.ask(&[b"HSET", b"h", &all, &all]).await,
         b":1\r\n".to_vec()
     );
-    assert_resp!(
-        c.call(&[b"HGETALL", b"h"]).await,
-        bulk_array(&[&all, &all])
-    );
+    assert_resp!(c.ask(&[b"HGETALL", b"h"]).await, bulk_array(&[&all, &all]));
     // Each byte as a one-byte key.
     for b in 0..=255u8 {
-        assert_resp!(c.call(&[b"SET", &[b], &[b, b]]).await, b"+OK\r\n");
+        assert_resp!(c.ask(&[b"SET", &[b], &[b, b]]).await, b"+OK\r\n");
     }
     let keys: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut mget: Vec<&[u8]> = vec![b"MGET"];
     mget.extend(keys.iter().map(|k| k.as_slice()));
     let want_items: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b, b]).collect();
     let want_refs: Vec<&[u8]> = want_items.iter().map(|v| v.as_slice()).collect();
-    assert_resp!(c.call(&mget).await, bulk_array(&want_refs));
+    assert_resp!(c.ask(&mget).await, bulk_array(&want_refs));
     // What Redis stored is exactly what was sent.
     let mut d = redis.raw().await;
-    assert_resp!(d.call(&[b"GET", &key]).await, bulk(&value));
+    assert_resp!(d.ask(&[b"GET", &key]).await, bulk(&value));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +491,11 @@ async fn values_of_64_mb_round_trip() {
         .query_async(&mut con)
         .await
         .expect("GET big");
-    assert!(got == value, "GET returned {} bytes, not the value", got.len());
+    assert!(
+        got == value,
+        "GET returned {} bytes, not the value",
+        got.len()
+    );
     let n: i64 = redis::cmd("STRLEN")
         .arg("big")
         .query_async(&mut con)
@@ -495,10 +504,10 @@ async fn values_of_64_mb_round_trip() {
     assert_eq!(n, len as i64);
     // A raw client that reads the reply in small pieces gets the same bytes.
     let mut c = raw_proxy(&proxy).await;
-    let reply = c.call(&[b"GET", b"big"]).await;
+    let reply = c.ask(&[b"GET", b"big"]).await;
     assert_eq!(reply.len(), len + format!("${len}\r\n\r\n").len());
     assert!(reply[reply.len() - len - 2..reply.len() - 2] == value[..]);
-    assert_resp!(c.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_resp!(c.ask(&[b"PING"]).await, b"+PONG\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,13 +518,21 @@ async fn five_hundred_pipelined_commands_in_one_write() {
     let cmds: Vec<&[&[u8]]> = vec![&[b"INCR", b"counter"]; 500];
     c.send(&encode_many(&cmds)).await;
     for i in 1..=500 {
-        assert_resp!(c.read().await, format!(":{i}\r\n").into_bytes(), "reply {i}");
+        assert_resp!(
+            c.reply().await,
+            format!(":{i}\r\n").into_bytes(),
+            "reply {i}"
+        );
     }
     // Inline pipelines too.
     let inline = b"INCR counter\r\n".repeat(300);
     c.send(&inline).await;
     for i in 501..=800 {
-        assert_resp!(c.read().await, format!(":{i}\r\n").into_bytes(), "reply {i}");
+        assert_resp!(
+            c.reply().await,
+            format!(":{i}\r\n").into_bytes(),
+            "reply {i}"
+        );
     }
     assert!(
         c.read_timeout(Duration::from_millis(100)).await.is_none(),
@@ -529,7 +546,7 @@ async fn pipeline_mixing_large_and_small_replies_stays_ordered() {
     let proxy = common::proxy("", &redis.url()).await;
     let mut c = raw_proxy(&proxy).await;
     let big = vec![b'x'; 300 * 1024];
-    assert_resp!(c.call(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"SET", b"big", &big]).await, b"+OK\r\n");
     let mut cmds: Vec<&[&[u8]]> = Vec::new();
     for _ in 0..40 {
         cmds.push(&[b"GET", b"big"]);
@@ -539,9 +556,9 @@ async fn pipeline_mixing_large_and_small_replies_stays_ordered() {
     c.send(&encode_many(&cmds)).await;
     let want_big = bulk(&big);
     for i in 1..=40 {
-        assert!(c.read().await == want_big, "big reply {i}");
-        assert_resp!(c.read().await, format!(":{i}\r\n").into_bytes());
-        assert_resp!(c.read().await, b"$-1\r\n");
+        assert!(c.reply().await == want_big, "big reply {i}");
+        assert_resp!(c.reply().await, format!(":{i}\r\n").into_bytes());
+        assert_resp!(c.reply().await, b"$-1\r\n");
     }
 }
 
@@ -571,4 +588,83 @@ async fn redis_crate_pipeline() {
         .await
         .expect("atomic pipeline");
     assert_eq!((a, b), (1, 11));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_client_still_gets_its_replies() {
+    // `printf 'SET k v\r\nGET k\r\n' | nc host port` sends, shuts down its write side and
+    // reads until EOF: Redis answers everything it received before the EOF. DEBUG SLEEP
+    // makes sure the EOF is seen before the replies exist.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let proxy = common::proxy("", &redis.url()).await;
+    let input = b"DEBUG SLEEP 0.1\r\nSET k v\r\nGET k\r\nPING\r\n";
+    let want = b"+OK\r\n+OK\r\n$1\r\nv\r\n+PONG\r\n";
+    for (who, addr) in [("redis", redis.addr()), ("proxy", proxy.local_addr)] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(input).await.expect("write");
+        s.shutdown().await.expect("shutdown write side");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "{who}: no EOF within 3 s");
+        assert_resp!(out, want, "{who}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_command_pipeline() {
+    // Like `redis-cli --pipe`: a writer streams commands while replies stream back.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let proxy = common::proxy("", &redis.url()).await;
+    let n = 100_000;
+    let s = tokio::net::TcpStream::connect(proxy.local_addr)
+        .await
+        .expect("connect");
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let cmds: Vec<&[&[u8]]> = vec![&[b"INCR", b"n"]; 1000];
+        let chunk = encode_many(&cmds);
+        for _ in 0..n / 1000 {
+            w.write_all(&chunk).await.expect("write");
+        }
+        w
+    });
+    let mut want = Vec::new();
+    for i in 1..=n {
+        want.extend_from_slice(format!(":{i}\r\n").as_bytes());
+    }
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut got))
+        .await
+        .expect("all replies within 20 s")
+        .expect("read");
+    assert!(got == want, "replies out of order or wrong");
+    let _w = writer.await.expect("writer");
+    let mut d = redis.raw().await;
+    assert_resp!(d.ask(&[b"GET", b"n"]).await, bulk(n.to_string().as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_over_a_unix_socket() {
+    let sock = std::env::temp_dir().join(format!(
+        "respguard-test-{}-{}.sock",
+        std::process::id(),
+        common::free_port()
+    ));
+    let sock_str = sock.to_str().expect("utf-8 path").to_string();
+    let redis = RedisServer::start_with(&["--unixsocket", &sock_str, "--unixsocketperm", "700"]);
+    let proxy = common::proxy("", &format!("unix://{sock_str}")).await;
+    let mut c = raw_proxy(&proxy).await;
+    assert_resp!(c.ask(&[b"SET", b"k", b"over-unix"]).await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"GET", b"k"]).await, bulk(b"over-unix"));
+    let list = c.ask(&[b"CLIENT", b"INFO"]).await;
+    assert!(
+        String::from_utf8_lossy(&list).contains("addr=/"),
+        "connected over the socket: {}",
+        show(&list)
+    );
+    let mut d = redis.raw().await;
+    assert_resp!(d.ask(&[b"GET", b"k"]).await, bulk(b"over-unix"));
+    let _ = std::fs::remove_file(&sock);
 }

@@ -99,7 +99,8 @@ impl CommandRules {
         if command::lookup_name(norm.as_bytes()).is_some() {
             return Err(NameError::KnownAllowed(name.to_string()));
         }
-        self.allowed_unknown.push(norm.into_bytes().into_boxed_slice());
+        self.allowed_unknown
+            .push(norm.into_bytes().into_boxed_slice());
         Ok(())
     }
 
@@ -168,15 +169,25 @@ mod tests {
         };
         assert_eq!(f.message, "KEYS is disabled here: use SCAN");
         assert_eq!(f.rule, Rule::DeniedCommand);
-        assert!(matches!(decide(&r, &["config", "get", "x"]), Decision::Refuse(_)));
+        assert!(matches!(
+            decide(&r, &["config", "get", "x"]),
+            Decision::Refuse(_)
+        ));
         assert!(matches!(decide(&r, &["CONFIG"]), Decision::Refuse(_)));
         let Decision::Refuse(f) = decide(&r, &["CLIENT", "KILL", "ID", "1"]) else {
             panic!("CLIENT KILL passes")
         };
-        assert!(f.message.starts_with("CLIENT KILL is disabled here"), "{}", f.message);
+        assert!(
+            f.message.starts_with("CLIENT KILL is disabled here"),
+            "{}",
+            f.message
+        );
         assert!(matches!(decide(&r, &["CLIENT", "ID"]), Decision::Known(_)));
         assert!(matches!(decide(&r, &["GET", "k"]), Decision::Known(_)));
-        assert_eq!(r.deny("FLUSHAL"), Err(NameError::UnknownDenied("FLUSHAL".into())));
+        assert_eq!(
+            r.deny("FLUSHAL"),
+            Err(NameError::UnknownDenied("FLUSHAL".into()))
+        );
         assert_eq!(r.deny(" "), Err(NameError::Empty));
     }
 
@@ -187,10 +198,23 @@ mod tests {
             panic!("unknown passes")
         };
         assert_eq!(f.rule, Rule::UnknownCommand);
-        assert!(f.message.contains("allowed_unknown_commands"), "{}", f.message);
+        assert!(
+            f.message.contains("allowed_unknown_commands"),
+            "{}",
+            f.message
+        );
         r.allow_unknown("my.cmd").unwrap();
-        assert!(matches!(decide(&r, &["My.Cmd", "k"]), Decision::UnknownAllowed));
-        assert!(matches!(r.allow_unknown("GET"), Err(NameError::KnownAllowed(_))));
-        assert!(matches!(r.allow_unknown("A B"), Err(NameError::BadUnknown(_))));
+        assert!(matches!(
+            decide(&r, &["My.Cmd", "k"]),
+            Decision::UnknownAllowed
+        ));
+        assert!(matches!(
+            r.allow_unknown("GET"),
+            Err(NameError::KnownAllowed(_))
+        ));
+        assert!(matches!(
+            r.allow_unknown("A B"),
+            Err(NameError::BadUnknown(_))
+        ));
     }
 }

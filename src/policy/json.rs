@@ -327,7 +327,8 @@ pub fn scan(
                 pos = skip_ws(doc, pos);
                 match doc.get(pos) {
                     Some(b',') => {
-                        pos = member_head(doc, skip_ws(doc, pos + 1), frame, visitor, suppress == 0)?;
+                        pos =
+                            member_head(doc, skip_ws(doc, pos + 1), frame, visitor, suppress == 0)?;
                         if suppress == 0 && frame.removing {
                             suppress = depth;
                         }
@@ -471,10 +472,22 @@ mod tests {
         assert_eq!(strip(r#"{"x":1}"#, n).unwrap(), "{}");
         assert_eq!(strip(r#"{"x":1,"a":2}"#, n).unwrap(), r#"{"a":2}"#);
         assert_eq!(strip(r#"{"a":2,"x":1}"#, n).unwrap(), r#"{"a":2}"#);
-        assert_eq!(strip(r#"{"a":2,"x":1,"b":3}"#, n).unwrap(), r#"{"a":2,"b":3}"#);
-        assert_eq!(strip(r#"{"x":1,"x":2,"a":3,"x":4,"x":5}"#, n).unwrap(), r#"{"a":3}"#);
-        assert_eq!(strip(r#"{ "x" : 1 , "a" : 2 }"#, n).unwrap(), r#"{ "a" : 2 }"#);
-        assert_eq!(strip("{\n  \"a\": 1,\n  \"x\": 2\n}", n).unwrap(), "{\n  \"a\": 1\n}");
+        assert_eq!(
+            strip(r#"{"a":2,"x":1,"b":3}"#, n).unwrap(),
+            r#"{"a":2,"b":3}"#
+        );
+        assert_eq!(
+            strip(r#"{"x":1,"x":2,"a":3,"x":4,"x":5}"#, n).unwrap(),
+            r#"{"a":3}"#
+        );
+        assert_eq!(
+            strip(r#"{ "x" : 1 , "a" : 2 }"#, n).unwrap(),
+            r#"{ "a" : 2 }"#
+        );
+        assert_eq!(
+            strip("{\n  \"a\": 1,\n  \"x\": 2\n}", n).unwrap(),
+            "{\n  \"a\": 1\n}"
+        );
         assert_eq!(strip(r#"{"x":{"x":1,"a":[{"x":2}]}}"#, n).unwrap(), "{}");
         assert_eq!(
             strip(r#"[{"x":1},{"a":{"x":[1,2],"b":"secret"}},"secret"]"#, n).unwrap(),
@@ -485,14 +498,42 @@ mod tests {
     #[test]
     fn rejects_what_rfc_8259_rejects() {
         for bad in [
-            "", " ", "{", "}", "[1,]", "{\"a\":1,}", "{\"a\"}", "{a:1}", "[01]", "[1.]", "[.5]",
-            "[1e]", "[-]", "[tru]", "\"\\x\"", "\"\\u12G4\"", "[\"a\tb\"]", "[1] x", "{\"a\":1}}",
-            "[\"\u{7f}\"", "'a'",
+            "",
+            " ",
+            "{",
+            "}",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\"}",
+            "{a:1}",
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[1e]",
+            "[-]",
+            "[tru]",
+            "\"\\x\"",
+            "\"\\u12G4\"",
+            "[\"a\tb\"]",
+            "[1] x",
+            "{\"a\":1}}",
+            "[\"\u{7f}\"",
+            "'a'",
         ] {
             assert!(strip(bad, &[]).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(scan(b"[\"\xff\"]", false, &mut Names(&[]), &mut Vec::new()), Err(Invalid::Utf8));
-        for good in ["0", "-0.5e+3", "\"\\u00e9\\n\"", " [ ] ", "{}", "[true,false,null]"] {
+        assert_eq!(
+            scan(b"[\"\xff\"]", false, &mut Names(&[]), &mut Vec::new()),
+            Err(Invalid::Utf8)
+        );
+        for good in [
+            "0",
+            "-0.5e+3",
+            "\"\\u00e9\\n\"",
+            " [ ] ",
+            "{}",
+            "[true,false,null]",
+        ] {
             assert_eq!(strip(good, &[]).unwrap(), good);
         }
     }
@@ -511,9 +552,15 @@ mod tests {
     fn unescapes_names() {
         let mut out = Vec::new();
         assert!(unescape(br"pass\u0077ord\/\ud83d\ude00\ud800x", &mut out));
-        assert_eq!(String::from_utf8(out).unwrap(), "password/\u{1F600}\u{FFFD}x");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "password/\u{1F600}\u{FFFD}x"
+        );
         assert!(!unescape(br"a\q", &mut Vec::new()));
         assert!(!unescape(br"a\u12", &mut Vec::new()));
-        assert_eq!(strip(r#"{"pass\u0077ord":1,"a":2}"#, &["password"]).unwrap(), r#"{"a":2}"#);
+        assert_eq!(
+            strip(r#"{"pass\u0077ord":1,"a":2}"#, &["password"]).unwrap(),
+            r#"{"a":2}"#
+        );
     }
 }

@@ -11,12 +11,24 @@
 //!   unknown_keys: reject       # reject | allow
 //!   denied_commands: [FLUSHALL, KEYS, CONFIG]
 //!   allowed_unknown_commands: [MY.CMD]
+//!   sensitive:                 # optional; without it (here and below) the stage is off
+//!     fields: [password, ssn]  # JSON members / hash and stream fields, matched ignoring
+//!                              # ASCII case, '_' and '-'
+//!     action: strip            # strip | reject | audit
+//!     detect: [card_number, us_ssn]
+//!     publish: true            # also scan PUBLISH/SPUBLISH messages (default rules only)
 //!   namespaces:
 //!     session:
 //!       keys: ["session:{id}", "session:{id}:{device}"]
 //!       ttl: { default: 30m, min: 15m, max: 30m }
 //!       on_violation: clamp    # clamp | reject
+//!       sensitive:             # overrides policy.sensitive for this namespace's keys;
+//!         fields: [password, ssn, dateOfBirth]   # inherits what it leaves out
 //! ```
+//!
+//! A namespace `sensitive` list of `fields` (or `detect`) replaces the default list rather
+//! than adding to it, so removing a default field for one namespace is possible; repeat the
+//! default fields to extend it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +41,8 @@ use crate::config::{parse_duration, Problems};
 
 use super::commands::CommandRules;
 use super::pattern::{self, Builder, CompileError};
+use super::sensitive::{self, RawSensitive, SensitiveRules};
+use super::sensitive_stage::SensitiveStage;
 use super::ttl::{fmt_ms, OnViolation, TtlRule, MAX_TTL_MS};
 use super::{Mode, Namespace, NsId, Policy, PolicyConfig, UnknownKeys, NS_UNMATCHED};
 
@@ -45,6 +59,7 @@ pub struct RawPolicy {
     unknown_keys: Option<Spanned<String>>,
     denied_commands: Option<Vec<Spanned<String>>>,
     allowed_unknown_commands: Option<Vec<Spanned<String>>>,
+    sensitive: Option<RawSensitive>,
     namespaces: Option<RawNamespaces>,
 }
 
@@ -58,7 +73,7 @@ impl<'de> Deserialize<'de> for RawNamespaces {
         impl<'de> Visitor<'de> for Entries {
             type Value = RawNamespaces;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of namespace names to { keys, ttl, on_violation }")
+                f.write_str("a map of namespace names to { keys, ttl, on_violation, sensitive }")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawNamespaces, A::Error> {
                 let mut out = Vec::new();
@@ -78,6 +93,7 @@ struct RawNamespace {
     keys: Option<Vec<Spanned<String>>>,
     ttl: Option<RawTtl>,
     on_violation: Option<Spanned<String>>,
+    sensitive: Option<RawSensitive>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -104,6 +120,19 @@ impl Check<'_, '_> {
         self.failed = true;
         self.p.add(line, field, msg);
     }
+
+    /// Validates one `sensitive:` section (see [`sensitive::validate`]); `None` after a
+    /// problem, which is then recorded.
+    fn sensitive(
+        &mut self,
+        raw: &RawSensitive,
+        base: Option<&SensitiveRules>,
+        field: &str,
+    ) -> Option<SensitiveRules> {
+        let rules = sensitive::validate(raw, base, field, self.p);
+        self.failed |= rules.is_none();
+        rules
+    }
 }
 
 fn line<T>(v: &Option<Spanned<T>>) -> Option<u64> {
@@ -120,7 +149,11 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
             "enforce" => Mode::Enforce,
             "audit" => Mode::Audit,
             other => {
-                c.at(v, "policy.mode", format!("{other:?} is not a mode: use enforce or audit"));
+                c.at(
+                    v,
+                    "policy.mode",
+                    format!("{other:?} is not a mode: use enforce or audit"),
+                );
                 Mode::Enforce
             }
         },
@@ -149,9 +182,19 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
     }
     for (i, name) in raw.allowed_unknown_commands.iter().flatten().enumerate() {
         if let Err(e) = rules.allow_unknown(&name.value) {
-            c.at(name, format!("policy.allowed_unknown_commands[{i}]"), e.to_string());
+            c.at(
+                name,
+                format!("policy.allowed_unknown_commands[{i}]"),
+                e.to_string(),
+            );
         }
     }
+
+    // Validated before the namespaces, which inherit from it.
+    let default_sensitive = raw
+        .sensitive
+        .as_ref()
+        .and_then(|s| c.sensitive(s, None, "policy.sensitive"));
 
     let raw_ns = raw.namespaces.unwrap_or_default().0;
     if raw_ns.is_empty() && unknown_keys == UnknownKeys::Reject {
@@ -172,6 +215,7 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
     let mut builder = Builder::new();
     let mut names = Vec::with_capacity(raw_ns.len());
     let mut namespaces = Vec::with_capacity(raw_ns.len());
+    let mut ns_sensitive = Vec::with_capacity(raw_ns.len());
     for (i, (name, ns)) in raw_ns.into_iter().enumerate() {
         let id = NsId::try_from(i).unwrap_or(NS_UNMATCHED);
         let base = format!("policy.namespaces.{}", name.value);
@@ -249,6 +293,20 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
             .ttl
             .and_then(|t| validate_ttl(&t, &name, &base, on_violation, &mut c));
 
+        let field = format!("{base}.sensitive");
+        if let Some(publish) = ns.sensitive.as_ref().and_then(|s| s.publish.as_ref()) {
+            c.at(
+                publish,
+                format!("{field}.publish"),
+                "publish applies to policy.sensitive only: channels are not keys, so PUBLISH messages are checked with the default rules",
+            );
+        }
+        ns_sensitive.push(
+            ns.sensitive
+                .as_ref()
+                .and_then(|s| c.sensitive(s, default_sensitive.as_ref(), &field)),
+        );
+
         names.push(name.value);
         namespaces.push(Namespace { patterns, ttl });
     }
@@ -263,6 +321,7 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
     if c.failed {
         return None;
     }
+    let sensitive = SensitiveStage::build(default_sensitive, ns_sensitive, mode == Mode::Audit);
     Some(Arc::new(Policy {
         mode,
         unknown_keys,
@@ -270,6 +329,7 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
         names,
         namespaces,
         rules,
+        sensitive,
     }))
 }
 
@@ -281,7 +341,10 @@ fn validate_ttl(
     c: &mut Check<'_, '_>,
 ) -> Option<TtlRule> {
     let mut ok = true;
-    let mut dur = |v: &Option<Spanned<String>>, which: &str, c: &mut Check<'_, '_>| -> Option<u64> {
+    let mut dur = |v: &Option<Spanned<String>>,
+                   which: &str,
+                   c: &mut Check<'_, '_>|
+     -> Option<u64> {
         let v = v.as_ref()?;
         let field = format!("{base}.ttl.{which}");
         match parse_duration(&v.value) {
@@ -358,7 +421,11 @@ mod tests {
     fn problems(policy: &str) -> Vec<(Option<u64>, String, String)> {
         match parse(policy) {
             Ok(_) => Vec::new(),
-            Err(e) => e.0.into_iter().map(|p| (p.line, p.field, p.message)).collect(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|p| (p.line, p.field, p.message))
+                    .collect()
+            }
         }
     }
 
@@ -374,7 +441,10 @@ mod tests {
         assert_eq!(p.namespace_of(b"rate_limit:login:1"), 1);
         assert_eq!(p.namespace_of(b"other"), super::NS_UNMATCHED);
         let ttl = p.namespace(0).unwrap().ttl.as_ref().unwrap();
-        assert_eq!((ttl.default_ms, ttl.min_ms, ttl.max_ms), (1_800_000, 900_000, 1_800_000));
+        assert_eq!(
+            (ttl.default_ms, ttl.min_ms, ttl.max_ms),
+            (1_800_000, 900_000, 1_800_000)
+        );
         assert_eq!(ttl.on_violation, super::OnViolation::Reject);
         assert!(p.namespace(1).unwrap().ttl.is_none());
     }
@@ -400,23 +470,40 @@ policy:
       ttl: { default: 0s, max: forever }
 ";
         let got = problems(text);
-        let has = |line: u64, field: &str| {
-            got.iter().any(|(l, f, _)| *l == Some(line) && f == field)
-        };
+        let has =
+            |line: u64, field: &str| got.iter().any(|(l, f, _)| *l == Some(line) && f == field);
         assert!(has(2, "policy.mode"), "{got:#?}");
         assert!(has(3, "policy.unknown_keys"), "{got:#?}");
         assert!(has(4, "policy.denied_commands[0]"), "{got:#?}");
         assert!(has(5, "policy.allowed_unknown_commands[0]"), "{got:#?}");
         assert!(has(8, "policy.namespaces.session.keys[1]"), "{got:#?}");
         assert!(has(9, "policy.namespaces.session.ttl.default"), "{got:#?}");
-        assert!(has(11, "policy.namespaces.user_profile.keys[0]"), "{got:#?}");
-        assert!(has(11, "policy.namespaces.user_profile.keys[1]"), "{got:#?}");
-        assert!(has(12, "policy.namespaces.user_profile.ttl.max"), "{got:#?}");
-        assert!(has(10, "policy.namespaces.user_profile.ttl.default"), "{got:#?}");
-        assert!(has(13, "policy.namespaces.user_profile.on_violation"), "{got:#?}");
+        assert!(
+            has(11, "policy.namespaces.user_profile.keys[0]"),
+            "{got:#?}"
+        );
+        assert!(
+            has(11, "policy.namespaces.user_profile.keys[1]"),
+            "{got:#?}"
+        );
+        assert!(
+            has(12, "policy.namespaces.user_profile.ttl.max"),
+            "{got:#?}"
+        );
+        assert!(
+            has(10, "policy.namespaces.user_profile.ttl.default"),
+            "{got:#?}"
+        );
+        assert!(
+            has(13, "policy.namespaces.user_profile.on_violation"),
+            "{got:#?}"
+        );
         assert!(has(14, "policy.namespaces.bad name"), "{got:#?}");
         assert!(has(14, "policy.namespaces.bad name.keys"), "{got:#?}");
-        assert!(has(16, "policy.namespaces.bad name.ttl.default"), "{got:#?}");
+        assert!(
+            has(16, "policy.namespaces.bad name.ttl.default"),
+            "{got:#?}"
+        );
         assert!(has(16, "policy.namespaces.bad name.ttl.max"), "{got:#?}");
         assert_eq!(got.len(), 15, "{got:#?}");
         let dup = got
@@ -461,7 +548,11 @@ policy:
             "user_appointments:42:2025-01",
             "dashboard:user:42",
         ] {
-            assert_ne!(p.namespace_of(good.as_bytes()), super::NS_UNMATCHED, "{good}");
+            assert_ne!(
+                p.namespace_of(good.as_bytes()),
+                super::NS_UNMATCHED,
+                "{good}"
+            );
         }
         for bad in ["user123", "123_limit", "user:42", "form:42"] {
             assert_eq!(p.namespace_of(bad.as_bytes()), super::NS_UNMATCHED, "{bad}");

@@ -10,23 +10,31 @@
 //!    locate (not in the command table, unless `allowed_unknown_commands` names them);
 //! 2. key naming ([`naming`]): every key of the command, found through the command table, must
 //!    belong to a namespace (one compiled matcher, see [`pattern`]);
-//! 3. TTL enforcement ([`ttl`]): defaults, clamping, refusing `PERSIST`, and `EXPIRE key ttl NX`
-//!    appended after writes that can create a key;
-//! 4. (a later stage hooks in after TTL; see the marked spot in `evaluate`).
+//! 3. sensitive data ([`sensitive`], wired in by `sensitive_stage`): configured JSON members,
+//!    hash and stream fields are stripped from written values (and PUBLISH messages), card
+//!    numbers and SSNs redacted, or the command refused or only reported, per `action`;
+//!    present only when the policy has a `sensitive` section;
+//! 4. TTL enforcement ([`ttl`]): defaults, clamping, refusing `PERSIST`, and `EXPIRE key ttl NX`
+//!    appended after writes that can create a key.
 //!
 //! A command that passes unchanged costs no heap allocation: keys go into the reused
 //! [`Scratch`], matching walks a DFA over borrowed bytes, and nothing is recorded.
 //!
 //! In audit mode the same evaluation runs, what enforce would have done is logged and recorded
 //! in [`Scratch::actions`] (with [`Scratch::audit`] set), and the original command is forwarded.
+//! The sensitive stage then runs audit-only: its findings are recorded in
+//! [`Scratch::sensitive`] with the action `audit`, since the data did reach Redis.
 //!
 //! Known limit: keys a script (`EVAL`, `FCALL`) touches without declaring them in its key list
 //! are invisible to the proxy and cannot be checked; declared keys are checked like any other.
 
 pub mod commands;
+pub mod json;
 mod load;
 pub mod naming;
 pub mod pattern;
+pub mod sensitive;
+mod sensitive_stage;
 pub mod ttl;
 
 use bytes::Bytes;
@@ -42,6 +50,9 @@ pub type NsId = u16;
 pub const NS_NONE: NsId = u16::MAX;
 /// The key matched no configured namespace.
 pub const NS_UNMATCHED: NsId = u16::MAX - 1;
+/// Index into the policy's table of sensitive field labels
+/// ([`Policy::sensitive_field_label`]).
+pub type FieldLabelId = u32;
 
 /// What to do with one command.
 #[derive(Debug)]
@@ -93,6 +104,9 @@ pub enum Rule {
     Malformed,
     /// The command reads keys it does not name (`SORT ... BY pattern`), which cannot be checked.
     UncheckedKeys,
+    /// A written value holds sensitive data, with `action: reject` (or, for `XADD`, every
+    /// field of the entry is sensitive and an empty entry cannot be stored).
+    Sensitive,
 }
 
 impl Rule {
@@ -106,6 +120,7 @@ impl Rule {
             Rule::UnknownCommand => "unknown_command",
             Rule::Malformed => "malformed",
             Rule::UncheckedKeys => "unchecked_keys",
+            Rule::Sensitive => "sensitive",
         }
     }
 }
@@ -151,6 +166,15 @@ pub struct Scratch {
     pub actions: Vec<(NsId, PolicyAction)>,
     /// True when `actions` were only recorded (audit mode) and the command went through as is.
     pub audit: bool,
+    /// Sensitive data found in the command's values, for `respguard_sensitive_fields_total`:
+    /// one `(namespace, action, field)` per key (or channel), field or detector, where
+    /// `action` is the label `strip`, `reject` or `audit` (what happened to the data; always
+    /// `audit` in policy audit mode) and `field` resolves through
+    /// [`Policy::sensitive_field_label`] of the policy that made this check. Empty for a
+    /// command without findings; it never allocates then.
+    pub sensitive: Vec<(NsId, &'static str, FieldLabelId)>,
+    /// The sensitive stage ran for this command (so audit mode need not run it again).
+    sensitive_checked: bool,
 }
 
 impl Default for Scratch {
@@ -161,17 +185,24 @@ impl Default for Scratch {
             namespace: NS_NONE,
             actions: Vec::new(),
             audit: false,
+            sensitive: Vec::new(),
+            sensitive_checked: false,
         }
     }
 }
 
 impl Scratch {
-    fn reset(&mut self) {
+    /// Forgets the previous command's results, keeping the vectors' capacity. [`Policy::check`]
+    /// does this itself; a caller that skips the policy for a command calls it instead, so no
+    /// stale entry is recorded twice.
+    pub fn clear(&mut self) {
         self.keys.clear();
         self.key_ns.clear();
         self.namespace = NS_NONE;
         self.actions.clear();
         self.audit = false;
+        self.sensitive.clear();
+        self.sensitive_checked = false;
     }
 }
 
@@ -210,6 +241,8 @@ pub struct Policy {
     names: Vec<String>,
     namespaces: Vec<Namespace>,
     rules: commands::CommandRules,
+    /// `None` when no `sensitive` section can find anything: stage 3 is skipped.
+    sensitive: Option<sensitive_stage::SensitiveStage>,
 }
 
 impl Default for Policy {
@@ -222,6 +255,7 @@ impl Default for Policy {
             names: Vec::new(),
             namespaces: Vec::new(),
             rules: commands::CommandRules::default(),
+            sensitive: None,
         }
     }
 }
@@ -260,6 +294,11 @@ impl Plan {
     pub fn args(&mut self, argv: &Argv<'_>) -> &mut Vec<Bytes> {
         self.command
             .get_or_insert_with(|| argv.iter().map(Bytes::copy_from_slice).collect())
+    }
+
+    /// Replaces the whole command (a stage that rebuilt it); later edits apply to this one.
+    pub fn replace(&mut self, args: Vec<Bytes>) {
+        self.command = Some(args);
     }
 
     /// Queues a command to send after this one, its reply hidden from the client.
@@ -303,13 +342,23 @@ impl Policy {
         scratch: &mut Scratch,
         clock: &mut ttl::Clock,
     ) -> Verdict {
-        scratch.reset();
+        scratch.clear();
         let verdict = self.evaluate(argv, spec, scratch, clock);
         match self.mode {
             Mode::Enforce => verdict,
             Mode::Audit => {
-                if !matches!(verdict, Verdict::Forward) {
+                if let (Some(stage), Some(spec), false) =
+                    (&self.sensitive, spec, scratch.sensitive_checked)
+                {
+                    // An earlier stage refused, but audit mode forwards the command anyway:
+                    // its sensitive data reaches Redis and must be counted. The stage is
+                    // audit-only here, so it only records.
+                    let _ = stage.check(self, spec, argv, scratch, &mut Plan::default());
+                }
+                if !matches!(verdict, Verdict::Forward) || !scratch.sensitive.is_empty() {
                     scratch.audit = true;
+                }
+                if !matches!(verdict, Verdict::Forward) {
                     self.log_audit(argv, spec, scratch, &verdict);
                 }
                 Verdict::Forward
@@ -331,8 +380,13 @@ impl Policy {
             commands::Decision::UnknownAllowed => return Verdict::Forward,
             commands::Decision::Refuse(r) => return self.refuse(scratch, r),
         };
+        let mut plan = Plan::default();
         if !spec.has_keys() {
-            return Verdict::Forward;
+            // PUBLISH and SPUBLISH have no keys (channels are not keys) but carry a value.
+            if let Err(stop) = self.sensitive_stage(spec, argv, scratch, &mut plan) {
+                return stop;
+            }
+            return plan.into_verdict();
         }
 
         // 2. keys and naming
@@ -340,23 +394,45 @@ impl Policy {
             return self.refuse(scratch, r);
         }
 
-        // 3. TTL
-        let mut plan = Plan::default();
+        // 3. Sensitive data, before TTL: it reads the original `argv` and puts a rewritten
+        //    one into `plan.replace(args)`. TTL then edits through `plan.args(argv)`, which
+        //    returns the stripped argv: stripping keeps the positions of every expiry
+        //    argument (it changes values, and drops fields only from commands whose TTL
+        //    handling merely appends), so both sets of edits combine.
+        if let Err(stop) = self.sensitive_stage(spec, argv, scratch, &mut plan) {
+            return stop;
+        }
+
+        // 4. TTL
         if let Flow::Stop(r) = ttl::check(self, spec, argv, scratch, &mut plan, clock) {
             return self.refuse(scratch, r);
         }
 
-        // 4. Later stages hook in here, between TTL enforcement and the verdict: they see the
-        //    command's keys and namespaces in `scratch.keys` / `scratch.key_ns`, may edit the
-        //    arguments through `plan.args(argv)` (copied only when a stage changes something),
-        //    and may stop the command with `Flow::Stop`. Sensitive-field stripping (issue 4,
-        //    `sensitive.rs`) goes here.
-
         plan.into_verdict()
     }
 
+    /// Stage 3, when configured: `Err` carries the verdict that ends the evaluation.
+    fn sensitive_stage(
+        &self,
+        spec: &'static CommandSpec,
+        argv: &Argv<'_>,
+        scratch: &mut Scratch,
+        plan: &mut Plan,
+    ) -> Result<(), Verdict> {
+        let Some(stage) = &self.sensitive else {
+            return Ok(());
+        };
+        match stage.check(self, spec, argv, scratch, plan) {
+            Ok(()) => Ok(()),
+            Err(sensitive_stage::Stop::Respond(reply)) => Err(Verdict::Respond(reply)),
+            Err(sensitive_stage::Stop::Refuse(r)) => Err(self.refuse(scratch, r)),
+        }
+    }
+
     fn refuse(&self, scratch: &mut Scratch, r: Refusal) -> Verdict {
-        scratch.actions.push((r.namespace, PolicyAction::Rejected(r.rule)));
+        scratch
+            .actions
+            .push((r.namespace, PolicyAction::Rejected(r.rule)));
         if self.mode == Mode::Enforce {
             tracing::debug!(rule = r.rule.label(), namespace = self.namespace_label(r.namespace), reason = %r.message, "policy refused a command");
         }
@@ -395,7 +471,11 @@ impl Policy {
             let detail = match verdict {
                 Verdict::Reject(r) => r.message.clone(),
                 Verdict::Rewrite(rw) => {
-                    format!("rewrite (command changed: {}, {} appended)", rw.command.is_some(), rw.append.len())
+                    format!(
+                        "rewrite (command changed: {}, {} appended)",
+                        rw.command.is_some(),
+                        rw.append.len()
+                    )
                 }
                 _ => String::new(),
             };
@@ -421,7 +501,11 @@ impl Policy {
         match ns {
             NS_NONE => "_none",
             NS_UNMATCHED => "_unmatched",
-            n => self.names.get(usize::from(n)).map(String::as_str).unwrap_or("_unmatched"),
+            n => self
+                .names
+                .get(usize::from(n))
+                .map(String::as_str)
+                .unwrap_or("_unmatched"),
         }
     }
 

@@ -126,7 +126,9 @@ pub enum CompileError {
     /// The same pattern (placeholder names aside) was given twice; carries the first owner.
     #[error("the same pattern is already listed in namespace #{0}")]
     Duplicate(NsId),
-    #[error("the patterns are too many or too ambiguous to compile (over {MAX_STATES} matcher states)")]
+    #[error(
+        "the patterns are too many or too ambiguous to compile (over {MAX_STATES} matcher states)"
+    )]
     TooComplex,
 }
 
@@ -175,7 +177,11 @@ impl Builder {
         let mut at = 0usize;
         for seg in segments {
             let next = match seg {
-                Segment::Literal(l) => self.nodes[at].lits.iter().find(|(k, _)| k == l).map(|(_, n)| *n),
+                Segment::Literal(l) => self.nodes[at]
+                    .lits
+                    .iter()
+                    .find(|(k, _)| k == l)
+                    .map(|(_, n)| *n),
                 Segment::Placeholder => self.nodes[at].any,
                 Segment::Rest => self.nodes[at].rest,
             };
@@ -283,7 +289,8 @@ impl Builder {
             for lit in literals {
                 let mut next = default.clone();
                 for &n in &set {
-                    if let Some((_, c)) = self.nodes[n].lits.iter().find(|(l, _)| l.as_ref() == lit) {
+                    if let Some((_, c)) = self.nodes[n].lits.iter().find(|(l, _)| l.as_ref() == lit)
+                    {
                         next.insert(*c);
                     }
                 }
@@ -341,32 +348,33 @@ impl Default for Matcher {
     }
 }
 
-/// True when `key` is empty or has an empty `:`-separated segment.
-#[inline]
-pub fn has_empty_segment(key: &[u8]) -> bool {
-    key.is_empty()
-        || key.first() == Some(&b':')
-        || key.last() == Some(&b':')
-        || memchr::memmem::find(key, b"::").is_some()
-}
-
 impl Matcher {
-    /// The namespace of `key`. Allocation-free; stops at the first segment no pattern allows.
+    /// The namespace of `key`. Allocation-free: one pass over the segments (memchr for ':'),
+    /// one binary search per segment until no pattern can match, then only the empty-segment
+    /// check continues.
     pub fn find(&self, key: &[u8]) -> KeyMatch {
-        if has_empty_segment(key) {
-            return KeyMatch::EmptySegment;
-        }
         let mut state = 0u32;
-        for seg in key.split(|b| *b == b':') {
-            let Some(s) = self.states.get(state as usize) else {
-                return KeyMatch::NoMatch;
+        let mut rest = key;
+        loop {
+            let (seg, next) = match memchr::memchr(b':', rest) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
             };
-            state = match s.lits.binary_search_by(|(l, _)| l.as_ref().cmp(seg)) {
-                Ok(i) => s.lits[i].1,
-                Err(_) => s.default,
-            };
-            if state == DEAD {
-                return KeyMatch::NoMatch;
+            if seg.is_empty() {
+                return KeyMatch::EmptySegment;
+            }
+            if state != DEAD {
+                state = match self.states.get(state as usize) {
+                    Some(s) => match s.lits.binary_search_by(|(l, _)| l.as_ref().cmp(seg)) {
+                        Ok(i) => s.lits[i].1,
+                        Err(_) => s.default,
+                    },
+                    None => DEAD,
+                };
+            }
+            match next {
+                Some(n) => rest = n,
+                None => break,
             }
         }
         match self.states.get(state as usize).and_then(|s| s.accept) {
@@ -414,8 +422,14 @@ mod tests {
         assert!(matches!(parse("user{id}"), Err(PatternError::Mixed(_))));
         assert!(matches!(parse("user:{}"), Err(PatternError::BadName(_))));
         assert!(matches!(parse("user:{a b}"), Err(PatternError::BadName(_))));
-        assert!(matches!(parse("a:{r...}:b"), Err(PatternError::RestNotLast(_))));
-        assert!(matches!(parse("user_profile:*"), Err(PatternError::Glob(_))));
+        assert!(matches!(
+            parse("a:{r...}:b"),
+            Err(PatternError::RestNotLast(_))
+        ));
+        assert!(matches!(
+            parse("user_profile:*"),
+            Err(PatternError::Glob(_))
+        ));
         let long = vec!["a"; MAX_SEGMENTS + 1].join(":");
         assert_eq!(parse(&long), Err(PatternError::TooLong));
         // The error text tells the operator what to write.
@@ -509,7 +523,14 @@ mod tests {
     fn agrees_with_a_naive_matcher() {
         // Brute force over small keys: the DFA must pick what a per-pattern loop would.
         let pats = [
-            "a:{x}", "a:b", "{x}:b", "{x}:{y}:c", "a:{r...}", "{r...}", "b:{x}:{r...}", "a:b:{x}",
+            "a:{x}",
+            "a:b",
+            "{x}:b",
+            "{x}:{y}:c",
+            "a:{r...}",
+            "{r...}",
+            "b:{x}:{r...}",
+            "a:b:{x}",
         ];
         let parsed: Vec<Vec<Segment>> = pats.iter().map(|p| parse(p).unwrap()).collect();
         let mut b = Builder::new();

@@ -60,9 +60,15 @@ pub struct TtlRule {
 }
 
 impl TtlRule {
-    pub fn new(default_ms: u64, min_ms: Option<u64>, max_ms: Option<u64>, on_violation: OnViolation) -> Self {
+    pub fn new(
+        default_ms: u64,
+        min_ms: Option<u64>,
+        max_ms: Option<u64>,
+        on_violation: OnViolation,
+    ) -> Self {
         let whole_seconds = default_ms % 1000 == 0;
-        let (expire_cmd, set_option, amount): (&'static [u8], &'static [u8], u64) = if whole_seconds {
+        let (expire_cmd, set_option, amount): (&'static [u8], &'static [u8], u64) = if whole_seconds
+        {
             (b"EXPIRE", b"EX", default_ms / 1000)
         } else {
             (b"PEXPIRE", b"PX", default_ms)
@@ -101,7 +107,12 @@ impl TtlRule {
 
 /// Formats milliseconds in the largest unit that states them exactly: `2h`, `90m`, `1500ms`.
 pub fn fmt_ms(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    const UNITS: [(u64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
     for (size, name) in UNITS {
         if ms >= size && ms % size == 0 {
             return format!("{}{name}", ms / size);
@@ -316,7 +327,11 @@ impl<'a> Cx<'_, 'a> {
             // MSET k 1 k 2 needs one EXPIRE; past a few dozen keys the check costs more than
             // the duplicate command would.
             let appended = self.plan.appended();
-            if appended.len() <= 64 && appended.iter().any(|c| c.get(1).is_some_and(|b| b.as_ref() == key)) {
+            if appended.len() <= 64
+                && appended
+                    .iter()
+                    .any(|c| c.get(1).is_some_and(|b| b.as_ref() == key))
+            {
                 continue;
             }
             self.plan.append(rule.expire_nx(key));
@@ -333,7 +348,10 @@ impl<'a> Cx<'_, 'a> {
         let mut keepttl = false;
         let mut i = 3;
         while let Some(a) = self.argv.get(i) {
-            if a.eq_ignore_ascii_case(b"NX") || a.eq_ignore_ascii_case(b"XX") || a.eq_ignore_ascii_case(b"GET") {
+            if a.eq_ignore_ascii_case(b"NX")
+                || a.eq_ignore_ascii_case(b"XX")
+                || a.eq_ignore_ascii_case(b"GET")
+            {
                 i += 1;
             } else if a.eq_ignore_ascii_case(b"KEEPTTL") && expiry.is_none() {
                 keepttl = true;
@@ -420,10 +438,17 @@ impl<'a> Cx<'_, 'a> {
             {
                 i += 2;
             } else {
-                return malformed(t.ns, format!("RESTORE option {} is not valid here", show(a)));
+                return malformed(
+                    t.ns,
+                    format!("RESTORE option {} is not valid here", show(a)),
+                );
             }
         }
-        let unit = if absolute { Unit::UnixMillis } else { Unit::Millis };
+        let unit = if absolute {
+            Unit::UnixMillis
+        } else {
+            Unit::Millis
+        };
         let raw = self.argv.get(2).unwrap_or_default();
         if parse_i64(raw) == Some(0) {
             // 0 means "no expiry": give the default.
@@ -544,7 +569,10 @@ mod tests {
         assert_eq!(Unit::Secs.ttl_ms(i64::MAX, now), i64::MAX);
         assert_eq!(Unit::Secs.encode(60_000, now), (60, Unit::Secs));
         assert_eq!(Unit::Secs.encode(1500, now), (1500, Unit::Millis));
-        assert_eq!(Unit::UnixSecs.encode(60_000, now), (now + 60_000, Unit::UnixMillis));
+        assert_eq!(
+            Unit::UnixSecs.encode(60_000, now),
+            (now + 60_000, Unit::UnixMillis)
+        );
         assert_eq!(millis_form(b"ex"), Some(b"PX".as_slice()));
         assert_eq!(millis_form(b"SetEx"), Some(b"PSETEX".as_slice()));
         assert_eq!(millis_form(b"GET"), None);
@@ -552,7 +580,12 @@ mod tests {
 
     #[test]
     fn rule_defaults_use_the_exact_unit() {
-        let r = TtlRule::new(1_800_000, Some(900_000), Some(1_800_000), OnViolation::Clamp);
+        let r = TtlRule::new(
+            1_800_000,
+            Some(900_000),
+            Some(1_800_000),
+            OnViolation::Clamp,
+        );
         assert_eq!(r.expire_nx(b"k")[0].as_ref(), b"EXPIRE");
         assert_eq!(r.expire_nx(b"k")[2].as_ref(), b"1800");
         assert_eq!(r.range(), "15m to 30m");

@@ -194,10 +194,10 @@ impl Raw {
     /// True when the server closed the connection (EOF within `t`).
     pub async fn closed_within(&mut self, t: Duration) -> bool {
         let mut b = [0u8; 1];
-        match tokio::time::timeout(t, self.stream.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            _ => false,
-        }
+        matches!(
+            tokio::time::timeout(t, self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 }
 
@@ -338,7 +338,19 @@ where
 {
     let (g, w) = (got.as_ref(), want.as_ref());
     if g != w {
-        panic!("{what}\n   got: \"{}\"\n  want: \"{}\"", show(g), show(w));
+        let brief = |b: &[u8]| {
+            if b.len() <= 300 {
+                format!("\"{}\"", show(b))
+            } else {
+                format!(
+                    "\"{}\" ... \"{}\" ({} bytes)",
+                    show(&b[..200]),
+                    show(&b[b.len() - 40..]),
+                    b.len()
+                )
+            }
+        };
+        panic!("{what}\n   got: {}\n  want: {}", brief(g), brief(w));
     }
 }
 
@@ -352,4 +364,97 @@ macro_rules! assert_resp {
     ($got:expr, $want:expr, $($arg:tt)+) => {
         $crate::common::check_resp(&$got, &$want, format_args!($($arg)+))
     };
+}
+
+impl Raw {
+    /// The next reply frame, like [`Raw::read`], but a failure says what happened: the
+    /// connection closed, an I/O error, an invalid frame, or nothing within 10 s.
+    #[track_caller]
+    pub fn reply(&mut self) -> impl std::future::Future<Output = Vec<u8>> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let limits = Limits::default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match self.scanner.scan(&self.buf, &limits) {
+                    Ok(Some(f)) => return self.buf.split_to(f.len).to_vec(),
+                    Ok(None) => {}
+                    Err(e) => panic!("{caller}: invalid reply ({e}): \"{}\"", show(&self.buf)),
+                }
+                self.buf.reserve(64 * 1024);
+                let partial = self.buf.len();
+                match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                    Ok(Ok(0)) => panic!(
+                        "{caller}: connection closed before a reply ({partial} bytes of a partial frame)"
+                    ),
+                    Ok(Err(e)) => panic!("{caller}: connection error before a reply: {e}"),
+                    Err(_) => panic!(
+                        "{caller}: no reply within 10 s ({partial} bytes of a partial frame)"
+                    ),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply, failing like [`Raw::reply`].
+    #[track_caller]
+    pub fn ask<'a>(
+        &'a mut self,
+        args: &'a [&'a [u8]],
+    ) -> impl std::future::Future<Output = Vec<u8>> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            self.cmd(args).await;
+            match self.read_timeout(Duration::from_secs(10)).await {
+                Some(r) => r,
+                None => panic!(
+                    "{caller}: no reply to {} (closed or 10 s timeout)",
+                    show(args[0])
+                ),
+            }
+        }
+    }
+}
+
+/// A raw connection to any proxy address (e.g. the real binary's).
+pub async fn raw_proxy_addr(addr: SocketAddr) -> Raw {
+    Raw::connect(addr).await
+}
+
+/// Sum of every sample of metric `name` whose labels include all of `labels` (other labels,
+/// such as ones added later, are ignored). `None` when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, label_text) = match key.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (key, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let has = |k: &str, v: &str| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        };
+        if labels.iter().all(|(k, v)| has(k, v)) {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+/// The lines of `text` for metric `name`, for assertion messages.
+pub fn metric_lines(text: &str, name: &str) -> String {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

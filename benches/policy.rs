@@ -1,0 +1,113 @@
+//! Policy hot path: naming match (the compiled DFA over key segments) and whole checks, for a
+//! command that passes unchanged and for the TTL rewrites (default added, expiry clamped,
+//! hidden `EXPIRE ... NX` appended). Uses the shipped `config/example.yaml` policy.
+//!
+//! `cargo bench --bench policy`
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use respguard::codec::{Argv, Span};
+use respguard::command;
+use respguard::config::{Config, Overrides};
+use respguard::policy::{Policy, Scratch, Verdict};
+
+fn example_policy() -> std::sync::Arc<Policy> {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"));
+    match Config::load(path, &Overrides::default()) {
+        Ok(cfg) => cfg.policy.unwrap_or_default(),
+        Err(e) => panic!("config/example.yaml: {e}"),
+    }
+}
+
+/// A command laid out the way the codec scans it.
+struct Cmd {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+impl Cmd {
+    fn new(args: &[&[u8]]) -> Cmd {
+        let mut buf = Vec::new();
+        let mut spans = Vec::new();
+        for a in args {
+            let start = buf.len() as u32;
+            buf.extend_from_slice(a);
+            spans.push(Span {
+                start,
+                end: buf.len() as u32,
+            });
+        }
+        Cmd { buf, spans }
+    }
+
+    fn argv(&self) -> Argv<'_> {
+        Argv::new(&self.buf, &self.spans)
+    }
+}
+
+fn naming(c: &mut Criterion) {
+    let policy = example_policy();
+    let mut g = c.benchmark_group("naming");
+    for (name, key) in [
+        ("two_segments", &b"user_profile:4f9c2a"[..]),
+        ("literal_wins", b"session:core:4f9c2a"),
+        ("four_segments", b"rate_limit:login:4f9c2a:3600"),
+        ("remainder", b"temp:upload:4f9c2a:part:7:of:9"),
+        ("no_match_early", b"user123"),
+        ("empty_segment", b"session::x"),
+    ] {
+        g.bench_function(name, |b| b.iter(|| policy.namespace_of(black_box(key))));
+    }
+    g.finish();
+}
+
+fn check(c: &mut Criterion) {
+    let policy = example_policy();
+    let mut g = c.benchmark_group("check");
+    let cases: [(&str, Cmd); 6] = [
+        ("get_unchanged", Cmd::new(&[b"GET", b"session:core:4f9c2a"])),
+        (
+            "mget_4_unchanged",
+            Cmd::new(&[
+                b"MGET",
+                b"user_profile:1",
+                b"session:2",
+                b"customer:cus_3",
+                b"analytics:dashboard:4",
+            ]),
+        ),
+        (
+            "set_ex_in_bounds_unchanged",
+            Cmd::new(&[b"SET", b"session:4f9c2a", b"v", b"EX", b"1200"]),
+        ),
+        (
+            "set_default_ttl_rewrite",
+            Cmd::new(&[b"SET", b"session:4f9c2a", b"v"]),
+        ),
+        (
+            "set_ex_clamped_rewrite",
+            Cmd::new(&[b"SET", b"session:4f9c2a", b"v", b"EX", b"86400"]),
+        ),
+        (
+            "hset_expire_nx_appended",
+            Cmd::new(&[b"HSET", b"user_profile:4f9c2a", b"name", b"x"]),
+        ),
+    ];
+    for (name, cmd) in &cases {
+        let argv = cmd.argv();
+        let spec = command::lookup(&argv);
+        let mut scratch = Scratch::default();
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let v = policy.check(black_box(&argv), spec, &mut scratch);
+                black_box(matches!(v, Verdict::Forward))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, naming, check);
+criterion_main!(benches);
