@@ -22,6 +22,7 @@ RUN awk '/^\[\[(bench|test|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
 # The real crate.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 COPY config ./config
 RUN cargo build --release --locked \
     && install -m 0755 target/release/respguard /usr/local/bin/respguard

@@ -163,7 +163,11 @@ fn main() -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(errs) => {
-            eprint!("respguard: refusing to start: {errs}");
+            if args.check {
+                eprint!("respguard: configuration invalid: {errs}");
+            } else {
+                eprint!("respguard: refusing to start: {errs}");
+            }
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
