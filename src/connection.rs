@@ -30,7 +30,9 @@ use crate::command::{self, CommandSpec, CMD_BLOCKING};
 use crate::listener::Shared;
 use crate::metrics::{self, NsTable, Outcome};
 use crate::multiplex::{self, Job, ReplyRx, ReplyTx, SharedReply};
-use crate::policy::{NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED};
+use crate::policy::{
+    FieldLabelId, NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED,
+};
 use crate::upstream::{
     handshake_commands, handshake_len, UpRead, UpWrite, Upstream, UpstreamError,
 };
@@ -60,7 +62,7 @@ enum Kind {
     /// `EXEC`: `visible[i]` says whether element `i` of the reply array is the client's.
     /// `specials` are queued commands that change the connection when EXEC runs them, by
     /// position among the visible elements.
-    Exec(Vec<bool>, Vec<(usize, Special)>),
+    Exec(Vec<Slot>, Vec<(usize, Special)>),
 }
 
 #[derive(Debug)]
@@ -80,6 +82,8 @@ struct Meta {
     key_ns: Option<Box<[NsId]>>,
     /// What the policy did, recorded with the reply.
     actions: Option<Box<[(NsId, PolicyAction)]>>,
+    /// Sensitive fields found: namespace, action label, field label in the policy.
+    sensitive: Option<Box<[SensitiveFinding]>>,
     /// How many arguments follow the command name (the key count of `EXISTS`).
     nkeys: u32,
     /// Blocking commands are exempt from the upstream read timeout.
@@ -99,6 +103,7 @@ impl Pending {
                 ns: NS_NONE,
                 key_ns: None,
                 actions: None,
+                sensitive: None,
                 nkeys: 0,
                 blocking: false,
                 start,
@@ -234,7 +239,7 @@ struct Conn {
     shard_subs: i64,
     monitor: bool,
     /// `Some` between MULTI and EXEC/DISCARD: visibility of each queued command's reply.
-    multi: Option<Vec<bool>>,
+    multi: Option<Vec<Slot>>,
     /// Queued commands that change the connection when EXEC runs them.
     multi_specials: Vec<(usize, Special)>,
     /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
@@ -249,6 +254,10 @@ struct Conn {
     last_reply_at: Instant,
     /// Scanner limits for replies: Redis's own values may be larger than clients may send.
     reply_limits: Limits,
+    /// Metrics of the latest finished commands, not yet added to the shared counters.
+    run: Option<Run>,
+    /// The command-table row of the previous command.
+    last_spec: Option<&'static CommandSpec>,
     /// While the client has no connection state: its shared upstream connection.
     mux: Option<Mux>,
     /// A command needs a dedicated connection once the shared replies are in.
@@ -257,12 +266,38 @@ struct Conn {
     unsent: usize,
 }
 
+/// A sensitive field the policy found: namespace, action label, field label id.
+type SensitiveFinding = (NsId, &'static str, FieldLabelId);
+
+/// One queued command of a transaction, in order, for rebuilding the EXEC reply.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// The client's command: its element of the EXEC array is the client's.
+    Visible,
+    /// Added by the proxy: its element is removed.
+    Hidden,
+    /// Answered by the proxy (never sent): this element is inserted.
+    Local(Bytes),
+}
+
 /// Whether Redis answers the client's commands (`CLIENT REPLY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReplyMode {
     On,
     Off,
     SkipNext,
+}
+
+/// Consecutive finished commands with identical metrics, counted once.
+struct Run {
+    cmd: Option<usize>,
+    ns: NsId,
+    outcome: Outcome,
+    total: Duration,
+    upstream: Option<Duration>,
+    n: u64,
+    hits: u64,
+    misses: u64,
 }
 
 /// A client's link to a shared upstream connection.
@@ -310,6 +345,8 @@ pub async fn serve(
         closing: false,
         abort: false,
         reply_mode: ReplyMode::On,
+        run: None,
+        last_spec: None,
         last_reply_at: Instant::now(),
         reply_limits: Limits {
             max_bulk_len: cfg.max_buffered_bytes,
@@ -346,6 +383,7 @@ pub async fn serve(
     if let Err(e) = conn.run(client, &mut up, &mut shutdown, read_timeout).await {
         tracing::debug!(error = %e, "connection ended");
     }
+    conn.flush_run();
 }
 
 /// The upstream connection's halves, absent while Redis is unreachable.
@@ -420,6 +458,8 @@ impl Conn {
         let mut draining = *shutdown.borrow() != crate::listener::ShutdownPhase::Running;
         let mut client_eof = false;
         loop {
+            // Metrics are current whenever the task waits.
+            self.flush_run();
             if self.pin_wanted && self.pending.is_empty() && self.uout.is_empty() {
                 // The shared replies are in: continue on a dedicated connection.
                 self.pin_wanted = false;
@@ -701,6 +741,7 @@ impl Conn {
         let mut p = Pending::new(Kind::Local(bytes, outcome), cmd, self.batch_start);
         p.meta.ns = self.scratch.namespace;
         p.meta.actions = self.take_actions();
+        p.meta.sensitive = self.take_sensitive();
         self.pending.push_back(p);
         self.drain_locals();
     }
@@ -710,6 +751,14 @@ impl Conn {
         p.meta.blocking = blocking;
         self.pending.push_back(p);
         self.unsent += 1;
+    }
+
+    fn take_sensitive(&mut self) -> Option<Box<[SensitiveFinding]>> {
+        if self.scratch.sensitive.is_empty() {
+            None
+        } else {
+            Some(self.scratch.sensitive.as_slice().into())
+        }
     }
 
     fn take_actions(&mut self) -> Option<Box<[(NsId, PolicyAction)]>> {
@@ -725,7 +774,20 @@ impl Conn {
     /// outstanding.
     fn handle(&mut self, argv: Argv<'_>, raw: &[u8]) -> bool {
         let start = self.batch_start;
-        let spec = command::lookup(&argv);
+        // Pipelines repeat the same command: one comparison instead of a table search.
+        let spec = match (self.last_spec, argv.get(0)) {
+            (Some(last), Some(name))
+                if last.subcommands.is_empty()
+                    && name.eq_ignore_ascii_case(last.name.as_bytes()) =>
+            {
+                Some(last)
+            }
+            _ => {
+                let found = command::lookup(&argv);
+                self.last_spec = found;
+                found
+            }
+        };
         let cmd = spec.map(|s| s.index());
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
@@ -741,7 +803,7 @@ impl Conn {
             if special(spec) == Special::Quit {
                 // Nothing to clean up on a shared connection: answer QUIT here.
                 self.scratch.namespace = NS_NONE;
-                self.scratch.actions.clear();
+                self.scratch.clear();
                 self.push_local(Bytes::from_static(b"+OK\r\n"), Outcome::Ok, cmd);
                 self.closing = true;
                 return true;
@@ -759,8 +821,7 @@ impl Conn {
             Some(p) => p.check(&argv, spec, &mut self.scratch),
             None => {
                 // No policy: no namespaces; keyed commands count as unmatched.
-                self.scratch.actions.clear();
-                self.scratch.key_ns.clear();
+                self.scratch.clear();
                 self.scratch.namespace = match spec {
                     Some(s) if s.has_keys() => NS_UNMATCHED,
                     _ => NS_NONE,
@@ -772,7 +833,13 @@ impl Conn {
             Verdict::Forward => (None, Vec::new()),
             Verdict::Rewrite(rw) => (rw.command, rw.append),
             Verdict::Respond(bytes) => {
-                self.push_local(bytes, Outcome::Ok, cmd);
+                if let Some(layout) = self.multi.as_mut() {
+                    // Inside MULTI the client expects +QUEUED now and this reply in EXEC.
+                    layout.push(Slot::Local(bytes));
+                    self.push_local(Bytes::from_static(b"+QUEUED\r\n"), Outcome::Ok, cmd);
+                } else {
+                    self.push_local(bytes, Outcome::Ok, cmd);
+                }
                 return true;
             }
             Verdict::Reject(r) => {
@@ -825,9 +892,9 @@ impl Conn {
             {
                 // Queued: the reply now is +QUEUED; the effect comes with EXEC.
                 if let Some(layout) = self.multi.as_mut() {
-                    let visible = layout.iter().filter(|v| **v).count();
+                    let visible = layout.iter().filter(|v| matches!(v, Slot::Visible)).count();
                     self.multi_specials.push((visible, sp));
-                    layout.push(true);
+                    layout.push(Slot::Visible);
                 }
                 Kind::Reply
             }
@@ -842,7 +909,7 @@ impl Conn {
             Special::Pubsub => Kind::Pubsub,
             Special::None => {
                 if let Some(layout) = self.multi.as_mut() {
-                    layout.push(true);
+                    layout.push(Slot::Visible);
                 }
                 Kind::Reply
             }
@@ -875,7 +942,7 @@ impl Conn {
         }
         if !replies {
             // Redis sends nothing back, so nothing waits in the queue.
-            self.scratch.actions.clear();
+            self.scratch.clear();
             for extra in append {
                 let mut b = BytesMut::new();
                 codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
@@ -891,6 +958,7 @@ impl Conn {
         entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
         entry.meta.ns = self.scratch.namespace;
         entry.meta.actions = self.take_actions();
+        entry.meta.sensitive = self.take_sensitive();
         if self.scratch.key_ns.len() > 1 && metrics::counts_per_key(cmd) {
             entry.meta.key_ns = Some(self.scratch.key_ns.as_slice().into());
         }
@@ -901,7 +969,7 @@ impl Conn {
             codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
             self.send(&b);
             if let Some(layout) = self.multi.as_mut() {
-                layout.push(false);
+                layout.push(Slot::Hidden);
             }
             if self.expect_reply() {
                 self.push(Kind::Hidden, None, false, start);
@@ -1187,7 +1255,10 @@ impl Conn {
                 if !specials.is_empty() && f.count >= 0 {
                     self.apply_exec_specials(bytes, f, &layout, &specials);
                 }
-                if f.kind == b'*' && f.count >= 0 && layout.iter().any(|v| !v) {
+                if f.kind == b'*'
+                    && f.count >= 0
+                    && layout.iter().any(|v| !matches!(v, Slot::Visible))
+                {
                     match self.filter_exec(bytes, f, &layout) {
                         Some(out) => {
                             self.record(&p.meta, outcome, None);
@@ -1219,10 +1290,37 @@ impl Conn {
 
     /// Records one finished command: the single place where a command's metrics are taken,
     /// after its reply. `reply` is the reply value when Redis sent one.
-    fn record(&self, m: &Meta, outcome: Outcome, reply: Option<&[u8]>) {
+    fn record(&mut self, m: &Meta, outcome: Outcome, reply: Option<&[u8]>) {
         let now = self.now;
+        let total = now.saturating_duration_since(m.start);
+        let upstream = m.sent.map(|s| now.saturating_duration_since(s));
+        // Commands of one pipelined batch finish with identical figures: count them as a run
+        // and touch the shared counters once per run rather than once per command.
+        let same = self.run.as_ref().is_some_and(|r| {
+            r.cmd == m.cmd
+                && r.ns == m.ns
+                && r.outcome == outcome
+                && r.total == total
+                && r.upstream == upstream
+        });
+        if same {
+            if let Some(r) = self.run.as_mut() {
+                r.n += 1;
+            }
+        } else {
+            self.flush_run();
+            self.run = Some(Run {
+                cmd: m.cmd,
+                ns: m.ns,
+                outcome,
+                total,
+                upstream,
+                n: 1,
+                hits: 0,
+                misses: 0,
+            });
+        }
         let t = &self.ns_table;
-        t.command(m.cmd, m.ns, outcome);
         if let Some(actions) = &m.actions {
             for (ns, a) in actions.iter() {
                 match a {
@@ -1241,10 +1339,27 @@ impl Conn {
                 }
             }
         }
+        if let Some(found) = &m.sensitive {
+            for &(ns, action, field) in found.iter() {
+                let label = self
+                    .policy
+                    .as_deref()
+                    .map_or("_unknown", |p| p.sensitive_field_label(field));
+                t.sensitive(ns, label, action);
+            }
+        }
         if let (Some(reply), Outcome::Ok) = (reply, outcome) {
             let nkeys = m.nkeys as usize;
+            let run = &mut self.run;
+            let mut count = |ns: NsId, r: metrics::Lookup, n: u64| match run.as_mut() {
+                Some(run) if run.ns == ns => match r {
+                    metrics::Lookup::Hit => run.hits += n,
+                    metrics::Lookup::Miss => run.misses += n,
+                },
+                _ => t.lookup(m.cmd, ns, r, n),
+            };
             metrics::count_lookups(
-                t,
+                &mut count,
                 m.cmd,
                 m.ns,
                 m.key_ns.as_deref(),
@@ -1253,11 +1368,19 @@ impl Conn {
                 &self.reply_limits,
             );
         }
-        self.shared.metrics.latency(
-            m.cmd,
-            now.saturating_duration_since(m.start),
-            m.sent.map(|s| now.saturating_duration_since(s)),
-        );
+    }
+
+    /// Adds the current run of identical command results to the shared metrics.
+    fn flush_run(&mut self) {
+        if let Some(r) = self.run.take() {
+            let t = &self.ns_table;
+            t.command(r.cmd, r.ns, r.outcome, r.n);
+            t.lookup(r.cmd, r.ns, metrics::Lookup::Hit, r.hits);
+            t.lookup(r.cmd, r.ns, metrics::Lookup::Miss, r.misses);
+            self.shared
+                .metrics
+                .latency_n(r.cmd, r.total, r.upstream, r.n);
+        }
     }
 
     fn set_subs(&mut self, shard: bool, count: i64) {
@@ -1281,7 +1404,7 @@ impl Conn {
         &mut self,
         bytes: &[u8],
         f: ReplyFrame,
-        layout: &[bool],
+        layout: &[Slot],
         specials: &[(usize, Special)],
     ) {
         let Some(nl) = memchr::memchr(b'\n', &bytes[f.value_at..]) else {
@@ -1298,13 +1421,17 @@ impl Conn {
             pos += el.len;
         }
         // Specials are numbered among the client's own commands: skip the proxy's.
-        if elements.len() != layout.len() {
+        let sent: Vec<_> = layout
+            .iter()
+            .filter(|s| !matches!(s, Slot::Local(_)))
+            .collect();
+        if elements.len() != sent.len() {
             return;
         }
         let visible: Vec<_> = elements
             .into_iter()
-            .zip(layout)
-            .filter(|(_, keep)| **keep)
+            .zip(sent)
+            .filter(|(_, slot)| matches!(slot, Slot::Visible))
             .map(|(e, _)| e)
             .collect();
         for (idx, sp) in specials {
@@ -1332,13 +1459,18 @@ impl Conn {
         }
     }
 
-    /// Removes the replies of proxy-added commands from an EXEC array.
-    fn filter_exec(&mut self, bytes: &[u8], f: ReplyFrame, layout: &[bool]) -> Option<BytesMut> {
-        if f.count < 0 || f.count as usize != layout.len() {
+    /// Rebuilds an EXEC array as the client queued it: replies of proxy-added commands
+    /// removed, replies the proxy made inserted.
+    fn filter_exec(&mut self, bytes: &[u8], f: ReplyFrame, layout: &[Slot]) -> Option<BytesMut> {
+        let sent = layout
+            .iter()
+            .filter(|s| !matches!(s, Slot::Local(_)))
+            .count();
+        if f.count < 0 || f.count as usize != sent {
             return None;
         }
         let mut pos = f.value_at + memchr::memchr(b'\n', &bytes[f.value_at..])? + 1;
-        let visible = layout.iter().filter(|v| **v).count();
+        let visible = layout.iter().filter(|s| !matches!(s, Slot::Hidden)).count();
         let mut out = BytesMut::with_capacity(bytes.len());
         out.extend_from_slice(&bytes[..f.value_at]);
         let mut ib = [0u8; 20];
@@ -1346,9 +1478,13 @@ impl Conn {
         out.extend_from_slice(codec::fmt_int(&mut ib, visible as i64));
         out.extend_from_slice(b"\r\n");
         let mut scanner = ReplyScanner::new();
-        for keep in layout {
+        for slot in layout {
+            if let Slot::Local(b) = slot {
+                out.extend_from_slice(b);
+                continue;
+            }
             let el = scanner.scan(&bytes[pos..], &self.reply_limits).ok()??;
-            if *keep {
+            if matches!(slot, Slot::Visible) {
                 out.extend_from_slice(&bytes[pos..pos + el.len]);
             }
             pos += el.len;

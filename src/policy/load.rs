@@ -530,6 +530,68 @@ policy:
     }
 
     #[test]
+    fn sensitive_sections_report_every_problem_with_line_and_field() {
+        let text = "\
+policy:
+  unknown_keys: allow
+  sensitive:
+    fields: [password, Pass_Word]
+    action: drop
+    detect: [iban]
+  namespaces:
+    user_profile:
+      keys: [\"user_profile:{id}\"]
+      sensitive:
+        fields: [\"\", dateOfBirth]
+        publish: false
+    session:
+      keys: [\"session:{id}\"]
+      sensitive: { action: never }
+";
+        let got = problems(text);
+        let fields: Vec<(Option<u64>, &str)> =
+            got.iter().map(|(l, f, _)| (*l, f.as_str())).collect();
+        for want in [
+            (Some(4), "policy.sensitive.fields[1]"),
+            (Some(5), "policy.sensitive.action"),
+            (Some(6), "policy.sensitive.detect[0]"),
+            (
+                Some(11),
+                "policy.namespaces.user_profile.sensitive.fields[0]",
+            ),
+            (Some(12), "policy.namespaces.user_profile.sensitive.publish"),
+            (Some(15), "policy.namespaces.session.sensitive.action"),
+        ] {
+            assert!(fields.contains(&want), "{want:?} missing: {got:#?}");
+        }
+        assert_eq!(got.len(), 6, "{got:#?}");
+        // The misspelled key fails deserialization, which stops at the first such error.
+        let got = problems(
+            "policy:\n  unknown_keys: allow\n  namespaces:\n    o:\n      keys: [\"o:{id}\"]\n      sensitive: { feilds: [x] }\n",
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, Some(6), "{got:?}");
+    }
+
+    #[test]
+    fn sensitive_namespace_overrides_inherit_the_default() {
+        let cfg = parse(
+            "policy:\n  unknown_keys: allow\n  sensitive:\n    fields: [password]\n    action: reject\n    detect: [us_ssn]\n    publish: false\n  namespaces:\n    u:\n      keys: [\"u:{id}\"]\n      sensitive: { fields: [token] }\n    v:\n      keys: [\"v:{id}\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = cfg.policy.unwrap();
+        let u = p.sensitive_rules(0).unwrap();
+        assert_eq!(u.field_names(), ["token", "us_ssn"]);
+        assert_eq!(
+            u.action(),
+            crate::policy::sensitive::SensitiveAction::Reject
+        );
+        let v = p.sensitive_rules(1).unwrap();
+        assert_eq!(v.field_names(), ["password", "us_ssn"]);
+        assert!(!p.sensitive_rules(crate::policy::NS_NONE).unwrap().publish());
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
         let cfg = Config::load(std::path::Path::new(path), &Overrides::default())
@@ -557,5 +619,15 @@ policy:
         for bad in ["user123", "123_limit", "user:42", "form:42"] {
             assert_eq!(p.namespace_of(bad.as_bytes()), super::NS_UNMATCHED, "{bad}");
         }
+        // Sensitive fields: the default list everywhere, plus dateOfBirth for profiles.
+        let profile = p
+            .sensitive_rules(p.namespace_of(b"user_profile:42"))
+            .unwrap();
+        let session = p.sensitive_rules(p.namespace_of(b"session:42")).unwrap();
+        assert!(profile.is_sensitive_field(b"date_of_birth").is_some());
+        assert!(session.is_sensitive_field(b"dateOfBirth").is_none());
+        assert!(session.is_sensitive_field(b"credit_card").is_some());
+        assert_eq!(session.detectors().count(), 2);
+        assert!(p.sensitive_rules(crate::policy::NS_NONE).unwrap().publish());
     }
 }

@@ -183,7 +183,7 @@ impl SensitiveStage {
             let action = f.action();
             scratch.sensitive.push((ns, action.as_str(), label));
             last_ns = ns;
-            self.log(policy, spec, ns, f.label(), action, set.configured);
+            log_finding(policy, spec, ns, f.label(), action, set.configured);
         }
         match outcome {
             StageOutcome::Unchanged => Ok(()),
@@ -203,37 +203,6 @@ impl SensitiveStage {
             })),
         }
     }
-
-    /// Logs one finding: never the key or the value, only where and what kind.
-    fn log(
-        &self,
-        policy: &Policy,
-        spec: &CommandSpec,
-        ns: NsId,
-        field: &str,
-        action: SensitiveAction,
-        configured: SensitiveAction,
-    ) {
-        let namespace = policy.namespace_label(ns);
-        match action {
-            // Audit findings reached Redis: an operator needs to see them without debug logs.
-            SensitiveAction::Audit => tracing::info!(
-                mode = "audit",
-                command = spec.name,
-                namespace,
-                field,
-                enforce = configured.as_str(),
-                "sensitive data forwarded unchanged"
-            ),
-            SensitiveAction::Strip | SensitiveAction::Reject => tracing::debug!(
-                command = spec.name,
-                namespace,
-                field,
-                action = action.as_str(),
-                "sensitive data found"
-            ),
-        }
-    }
 }
 
 impl Policy {
@@ -242,9 +211,7 @@ impl Policy {
     /// Ids are only meaningful for the policy whose check issued them; an id it did not issue
     /// gives `_unknown`.
     pub fn sensitive_field_label(&self, id: FieldLabelId) -> &str {
-        self.sensitive
-            .as_ref()
-            .map_or("_unknown", |s| s.label(id))
+        self.sensitive.as_ref().map_or("_unknown", |s| s.label(id))
     }
 
     /// The sensitive-data rules that apply to keys of namespace `ns` ([`NS_NONE`] or
@@ -252,5 +219,35 @@ impl Policy {
     /// policy has no sensitive stage.
     pub fn sensitive_rules(&self, ns: NsId) -> Option<&SensitiveRules> {
         self.sensitive.as_ref().map(|s| s.rules(ns))
+    }
+}
+
+/// Logs one finding: never the key or the value, only where and what kind.
+fn log_finding(
+    policy: &Policy,
+    spec: &CommandSpec,
+    ns: NsId,
+    field: &str,
+    action: SensitiveAction,
+    configured: SensitiveAction,
+) {
+    let namespace = policy.namespace_label(ns);
+    match action {
+        // Audit findings reached Redis: an operator needs to see them without debug logs.
+        SensitiveAction::Audit => tracing::info!(
+            action = "audit",
+            command = spec.name,
+            namespace,
+            field,
+            enforce = configured.as_str(),
+            "sensitive data forwarded unchanged"
+        ),
+        SensitiveAction::Strip | SensitiveAction::Reject => tracing::debug!(
+            command = spec.name,
+            namespace,
+            field,
+            action = action.as_str(),
+            "sensitive data found"
+        ),
     }
 }

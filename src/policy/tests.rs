@@ -570,7 +570,16 @@ fn sensitive_hash_fields_and_answers() {
     let p = policy(SENSITIVE);
     let (v, s) = check(
         &p,
-        &["HSET", "session:1", "name", "ann", "Pass_Word", "x", "n", "1"],
+        &[
+            "HSET",
+            "session:1",
+            "name",
+            "ann",
+            "Pass_Word",
+            "x",
+            "n",
+            "1",
+        ],
     );
     assert_eq!(
         rewritten(&v),
@@ -581,11 +590,17 @@ fn sensitive_hash_fields_and_answers() {
     assert_eq!(s.actions, [(1, PolicyAction::TtlAppended)]);
     // Every field sensitive: answered like Redis, nothing sent, no EXPIRE.
     let (v, s) = check(&p, &["HSET", "session:1", "cvv", "1", "token", "t"]);
-    assert!(matches!(&v, Verdict::Respond(b) if b.as_ref() == b":0\r\n"), "{v:?}");
+    assert!(
+        matches!(&v, Verdict::Respond(b) if b.as_ref() == b":0\r\n"),
+        "{v:?}"
+    );
     assert_eq!(found(&p, &s), ["session/strip/cvv", "session/strip/token"]);
     assert!(s.actions.is_empty());
     let (v, _) = check(&p, &["HMSET", "session:1", "cvv", "1"]);
-    assert!(matches!(&v, Verdict::Respond(b) if b.as_ref() == b"+OK\r\n"), "{v:?}");
+    assert!(
+        matches!(&v, Verdict::Respond(b) if b.as_ref() == b"+OK\r\n"),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -594,7 +609,15 @@ fn sensitive_mset_uses_each_keys_rules() {
     let doc = r#"{"dateOfBirth":"x","cvv":1,"k":1}"#;
     let (v, s) = check(
         &p,
-        &["MSET", "user_profile:1", doc, "session:1", doc, "watch:1", doc],
+        &[
+            "MSET",
+            "user_profile:1",
+            doc,
+            "session:1",
+            doc,
+            "watch:1",
+            doc,
+        ],
     );
     assert_eq!(
         rewritten(&v),
@@ -623,7 +646,14 @@ fn sensitive_mset_uses_each_keys_rules() {
 #[test]
 fn sensitive_publish_uses_the_default_rules() {
     let p = policy(SENSITIVE);
-    let (v, s) = check(&p, &["PUBLISH", "user_profile:1", r#"{"dateOfBirth":1,"ssn":"x"}"#]);
+    let (v, s) = check(
+        &p,
+        &[
+            "PUBLISH",
+            "user_profile:1",
+            r#"{"dateOfBirth":1,"ssn":"x"}"#,
+        ],
+    );
     assert_eq!(
         rewritten(&v),
         ["PUBLISH", "user_profile:1", r#"{"dateOfBirth":1}"#]
@@ -683,7 +713,10 @@ fn sensitive_stage_is_audit_only_in_audit_mode() {
             .replace("policy:\n", "policy:\n  mode: audit\n")
             .replace("unknown_keys: allow", "unknown_keys: reject"),
     );
-    let (v, s) = check(&p, &["SET", "session:1", r#"{"password":"x"}"#, "EX", "1000"]);
+    let (v, s) = check(
+        &p,
+        &["SET", "session:1", r#"{"password":"x"}"#, "EX", "1000"],
+    );
     assert!(forwarded(&v));
     assert!(s.audit);
     assert_eq!(found(&p, &s), ["session/audit/password"]);
@@ -691,7 +724,7 @@ fn sensitive_stage_is_audit_only_in_audit_mode() {
     let (v, s) = check(&p, &["HSET", "vault:1", "ssn", "x"]);
     assert!(forwarded(&v));
     assert_eq!(found(&p, &s), ["vault/audit/ssn"]);
-    assert_eq!(s.actions, [(2, PolicyAction::TtlAppended)].get(..0).unwrap_or_default());
+    assert!(s.actions.is_empty(), "{:?}", s.actions);
     // A command an earlier stage would refuse still reaches Redis in audit mode: its
     // sensitive data is recorded as well.
     let (v, s) = check(&p, &["SET", "user42", r#"{"cvv":1}"#]);
@@ -719,13 +752,17 @@ fn sensitive_stage_exists_only_when_configured() {
         "policy:\n  unknown_keys: allow\n  namespaces:\n    u:\n      keys: [\"u:{id}\"]\n      sensitive: { fields: [password] }\n",
     );
     assert!(p.sensitive_rules(0).is_some_and(|r| r.is_active()));
-    assert!(p.sensitive_rules(NS_UNMATCHED).is_some_and(|r| !r.is_active()));
+    assert!(p
+        .sensitive_rules(NS_UNMATCHED)
+        .is_some_and(|r| !r.is_active()));
     assert_eq!(
         rewritten(&check(&p, &["SET", "u:1", r#"{"password":1,"a":2}"#]).0),
         ["SET", "u:1", r#"{"a":2}"#]
     );
     assert!(forwarded(&check(&p, &["SET", "x", r#"{"password":1}"#]).0));
-    assert!(forwarded(&check(&p, &["PUBLISH", "c", r#"{"password":1}"#]).0));
+    assert!(forwarded(
+        &check(&p, &["PUBLISH", "c", r#"{"password":1}"#]).0
+    ));
 }
 
 #[test]
