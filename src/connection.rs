@@ -88,6 +88,8 @@ struct Meta {
     nkeys: u32,
     /// Blocking commands are exempt from the upstream read timeout.
     blocking: bool,
+    /// Queued in MULTI: its reply is `+QUEUED`, not the data (counted at EXEC instead).
+    queued: bool,
     /// When the command was read (its batch's read).
     start: Instant,
     /// When its batch was handed to the upstream socket.
@@ -106,6 +108,7 @@ impl Pending {
                 sensitive: None,
                 nkeys: 0,
                 blocking: false,
+                queued: false,
                 start,
                 sent: None,
             },
@@ -266,14 +269,24 @@ struct Conn {
     unsent: usize,
 }
 
+/// What a read queued in MULTI needs for hit/miss counting when EXEC answers it.
+#[derive(Debug, Clone)]
+struct ReadInfo {
+    cmd: Option<usize>,
+    ns: NsId,
+    key_ns: Option<Box<[NsId]>>,
+    nkeys: u32,
+}
+
 /// A sensitive field the policy found: namespace, action label, field label id.
 type SensitiveFinding = (NsId, &'static str, FieldLabelId);
 
 /// One queued command of a transaction, in order, for rebuilding the EXEC reply.
 #[derive(Debug, Clone)]
 enum Slot {
-    /// The client's command: its element of the EXEC array is the client's.
-    Visible,
+    /// The client's command: its element of the EXEC array is the client's. Reads carry what
+    /// hit/miss counting needs, as their real reply only comes inside the EXEC array.
+    Visible(Option<Box<ReadInfo>>),
     /// Added by the proxy: its element is removed.
     Hidden,
     /// Answered by the proxy (never sent): this element is inserted.
@@ -718,6 +731,7 @@ impl Conn {
                 }
             }
         }
+        self.flush_run();
         let mut buf = buf;
         if off >= buf.len() {
             buf.clear();
@@ -892,9 +906,12 @@ impl Conn {
             {
                 // Queued: the reply now is +QUEUED; the effect comes with EXEC.
                 if let Some(layout) = self.multi.as_mut() {
-                    let visible = layout.iter().filter(|v| matches!(v, Slot::Visible)).count();
+                    let visible = layout
+                        .iter()
+                        .filter(|v| matches!(v, Slot::Visible(_)))
+                        .count();
                     self.multi_specials.push((visible, sp));
-                    layout.push(Slot::Visible);
+                    layout.push(Slot::Visible(None));
                 }
                 Kind::Reply
             }
@@ -909,7 +926,7 @@ impl Conn {
             Special::Pubsub => Kind::Pubsub,
             Special::None => {
                 if let Some(layout) = self.multi.as_mut() {
-                    layout.push(Slot::Visible);
+                    layout.push(Slot::Visible(None));
                 }
                 Kind::Reply
             }
@@ -961,6 +978,19 @@ impl Conn {
         entry.meta.sensitive = self.take_sensitive();
         if self.scratch.key_ns.len() > 1 && metrics::counts_per_key(cmd) {
             entry.meta.key_ns = Some(self.scratch.key_ns.as_slice().into());
+        }
+        if let (Some(layout), Kind::Reply) = (self.multi.as_mut(), &entry.kind) {
+            entry.meta.queued = true;
+            if metrics::is_read(cmd) {
+                if let Some(Slot::Visible(info)) = layout.last_mut() {
+                    *info = Some(Box::new(ReadInfo {
+                        cmd,
+                        ns: entry.meta.ns,
+                        key_ns: entry.meta.key_ns.clone(),
+                        nkeys: entry.meta.nkeys,
+                    }));
+                }
+            }
         }
         self.pending.push_back(entry);
         self.unsent += 1;
@@ -1052,6 +1082,7 @@ impl Conn {
                 }
             }
         }
+        self.flush_run();
     }
 
     /// The upstream broke: answer what is outstanding with the error and close the client,
@@ -1111,6 +1142,8 @@ impl Conn {
             self.drain_locals_into_run(&buf, &mut run_start, off);
         }
         self.cout.extend_from_slice(&buf[run_start..off]);
+        // Metrics are up to date before the client can see these replies.
+        self.flush_run();
         let mut buf = buf;
         if off >= buf.len() {
             buf.clear();
@@ -1255,9 +1288,12 @@ impl Conn {
                 if !specials.is_empty() && f.count >= 0 {
                     self.apply_exec_specials(bytes, f, &layout, &specials);
                 }
+                if f.kind == b'*' && f.count > 0 {
+                    self.count_exec_reads(bytes, f, &layout);
+                }
                 if f.kind == b'*'
                     && f.count >= 0
-                    && layout.iter().any(|v| !matches!(v, Slot::Visible))
+                    && layout.iter().any(|v| !matches!(v, Slot::Visible(_)))
                 {
                     match self.filter_exec(bytes, f, &layout) {
                         Some(out) => {
@@ -1348,7 +1384,7 @@ impl Conn {
                 t.sensitive(ns, label, action);
             }
         }
-        if let (Some(reply), Outcome::Ok) = (reply, outcome) {
+        if let (Some(reply), Outcome::Ok, false) = (reply, outcome, m.queued) {
             let nkeys = m.nkeys as usize;
             let run = &mut self.run;
             let mut count = |ns: NsId, r: metrics::Lookup, n: u64| match run.as_mut() {
@@ -1431,7 +1467,7 @@ impl Conn {
         let visible: Vec<_> = elements
             .into_iter()
             .zip(sent)
-            .filter(|(_, slot)| matches!(slot, Slot::Visible))
+            .filter(|(_, slot)| matches!(slot, Slot::Visible(_)))
             .map(|(e, _)| e)
             .collect();
         for (idx, sp) in specials {
@@ -1456,6 +1492,44 @@ impl Conn {
                 Special::Quit => self.closing = true,
                 _ => {}
             }
+        }
+    }
+
+    /// Counts hits and misses of reads answered inside an EXEC array.
+    fn count_exec_reads(&mut self, bytes: &[u8], f: ReplyFrame, layout: &[Slot]) {
+        if !layout.iter().any(|s| matches!(s, Slot::Visible(Some(_)))) {
+            return;
+        }
+        let Some(nl) = memchr::memchr(b'\n', &bytes[f.value_at..]) else {
+            return;
+        };
+        let mut pos = f.value_at + nl + 1;
+        let mut scanner = ReplyScanner::new();
+        let t = self.ns_table.clone();
+        for slot in layout {
+            if matches!(slot, Slot::Local(_)) {
+                continue;
+            }
+            let Ok(Some(el)) = scanner.scan(&bytes[pos..], &self.reply_limits) else {
+                return;
+            };
+            if let Slot::Visible(Some(info)) = slot {
+                let value = &bytes[pos + el.value_at..pos + el.len];
+                if el.kind != b'-' && el.kind != b'!' {
+                    let mut count =
+                        |ns: NsId, r: metrics::Lookup, n: u64| t.lookup(info.cmd, ns, r, n);
+                    metrics::count_lookups(
+                        &mut count,
+                        info.cmd,
+                        info.ns,
+                        info.key_ns.as_deref(),
+                        info.nkeys as usize,
+                        value,
+                        &self.reply_limits,
+                    );
+                }
+            }
+            pos += el.len;
         }
     }
 
@@ -1484,7 +1558,7 @@ impl Conn {
                 continue;
             }
             let el = scanner.scan(&bytes[pos..], &self.reply_limits).ok()??;
-            if matches!(slot, Slot::Visible) {
+            if matches!(slot, Slot::Visible(_)) {
                 out.extend_from_slice(&bytes[pos..pos + el.len]);
             }
             pos += el.len;

@@ -577,6 +577,11 @@ fn read_kind(cmd: Option<usize>) -> ReadKind {
         .unwrap_or(ReadKind::None)
 }
 
+/// True for commands whose replies count as hits or misses.
+pub fn is_read(cmd: Option<usize>) -> bool {
+    read_kind(cmd) != ReadKind::None
+}
+
 /// True for reads whose hits and misses are counted per key, so each key's namespace is kept.
 pub fn counts_per_key(cmd: Option<usize>) -> bool {
     matches!(read_kind(cmd), ReadKind::PerKey | ReadKind::Count)

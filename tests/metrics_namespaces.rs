@@ -1,0 +1,232 @@
+//! Observability (issue 5): hit/miss and command counters per namespace are exact. A known
+//! sequence of reads (pipelined, inside MULTI, MGET with mixed results, hash reads, EXISTS,
+//! RESP2 and RESP3) goes through respguard to a real Redis, then every counter is checked.
+
+mod common;
+
+use common::{encode_many, metric_lines, metric_sum, metrics_text, raw_proxy, RedisServer};
+
+const POLICY: &str = "policy:
+  namespaces:
+    user_profile:
+      keys: [\"user_profile:{id}\"]
+      ttl: { default: 1h, min: 1h, max: 2h }
+    session:
+      keys: [\"session:{id}\"]
+      ttl: { default: 30m, min: 15m, max: 30m }
+";
+
+fn check(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
+    let got = metric_sum(text, name, labels).unwrap_or(0.0);
+    assert_eq!(got, want, "{name}{labels:?}\n{}", metric_lines(text, name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_and_misses_are_counted_exactly_per_namespace() {
+    let redis = RedisServer::start();
+    let proxy = common::proxy(POLICY, &redis.url()).await;
+    let mut c = raw_proxy(&proxy).await;
+
+    // Writes.
+    assert_eq!(c.call(&[b"SET", b"user_profile:1", b"a"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"SET", b"session:1", b"b"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.call(&[b"HSET", b"user_profile:7", b"f", b"v"]).await,
+        b":1\r\n"
+    );
+
+    // Pipelined GETs: one hit and one miss per namespace.
+    c.send(&encode_many(&[
+        &[b"GET", b"user_profile:1"],
+        &[b"GET", b"user_profile:2"],
+        &[b"GET", b"session:1"],
+        &[b"GET", b"session:9"],
+    ]))
+    .await;
+    for _ in 0..4 {
+        c.read().await;
+    }
+
+    // MGET with mixed results across namespaces: counted per key, each in its namespace.
+    let mget = c
+        .call(&[
+            b"MGET",
+            b"user_profile:1",
+            b"user_profile:3",
+            b"session:1",
+            b"session:4",
+        ])
+        .await;
+    assert_eq!(mget, b"*4\r\n$1\r\na\r\n$-1\r\n$1\r\nb\r\n$-1\r\n");
+
+    // Inside MULTI: the data arrives in EXEC's array, not with +QUEUED.
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"user_profile:1"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.call(&[b"GET", b"session:5"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.call(&[b"EXEC"]).await, b"*2\r\n$1\r\na\r\n$-1\r\n");
+
+    // Hash reads, a collection read and EXISTS.
+    assert_eq!(
+        c.call(&[b"HGET", b"user_profile:7", b"f"]).await,
+        b"$1\r\nv\r\n"
+    );
+    assert_eq!(
+        c.call(&[b"HGET", b"user_profile:7", b"g"]).await,
+        b"$-1\r\n"
+    );
+    assert_eq!(
+        c.call(&[b"HMGET", b"user_profile:7", b"f", b"g"]).await,
+        b"*2\r\n$1\r\nv\r\n$-1\r\n"
+    );
+    assert_eq!(c.call(&[b"HGETALL", b"user_profile:8"]).await, b"*0\r\n");
+    assert_eq!(
+        c.call(&[b"EXISTS", b"user_profile:1", b"user_profile:2"])
+            .await,
+        b":1\r\n"
+    );
+
+    // RESP3: nulls are `_`, still misses.
+    let mut r3 = raw_proxy(&proxy).await;
+    let hello = r3.call(&[b"HELLO", b"3"]).await;
+    assert_eq!(hello.first(), Some(&b'%'));
+    assert_eq!(r3.call(&[b"GET", b"user_profile:1"]).await, b"$1\r\na\r\n");
+    assert_eq!(r3.call(&[b"GET", b"user_profile:404"]).await, b"_\r\n");
+    assert_eq!(
+        r3.call(&[b"HGETALL", b"user_profile:7"]).await,
+        b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+
+    let text = metrics_text(&proxy).await;
+    let hits = "respguard_cache_hits_total";
+    let misses = "respguard_cache_misses_total";
+    let up = ("namespace", "user_profile");
+    let se = ("namespace", "session");
+    // GET: pipeline 1 + MULTI 1 + RESP3 1 hits; pipeline 1 + RESP3 1 misses.
+    check(&text, hits, &[up, ("command", "GET")], 3.0);
+    check(&text, misses, &[up, ("command", "GET")], 2.0);
+    check(&text, hits, &[se, ("command", "GET")], 1.0);
+    check(&text, misses, &[se, ("command", "GET")], 2.0);
+    check(&text, hits, &[up, ("command", "MGET")], 1.0);
+    check(&text, misses, &[up, ("command", "MGET")], 1.0);
+    check(&text, hits, &[se, ("command", "MGET")], 1.0);
+    check(&text, misses, &[se, ("command", "MGET")], 1.0);
+    check(&text, hits, &[up, ("command", "HGET")], 1.0);
+    check(&text, misses, &[up, ("command", "HGET")], 1.0);
+    check(&text, hits, &[up, ("command", "HMGET")], 1.0);
+    check(&text, misses, &[up, ("command", "HMGET")], 1.0);
+    check(&text, hits, &[up, ("command", "HGETALL")], 1.0);
+    check(&text, misses, &[up, ("command", "HGETALL")], 1.0);
+    check(&text, hits, &[up, ("command", "EXISTS")], 1.0);
+    check(&text, misses, &[up, ("command", "EXISTS")], 1.0);
+    // Totals across everything: 10 hits, 10 misses.
+    check(&text, hits, &[], 10.0);
+    check(&text, misses, &[], 10.0);
+
+    // Commands per namespace and result: GET ran 2 + 1 + 2 times in user_profile (the queued
+    // one counts once, when queued).
+    let cmds = "respguard_commands_total";
+    check(
+        &text,
+        cmds,
+        &[up, ("command", "GET"), ("result", "ok")],
+        5.0,
+    );
+    check(
+        &text,
+        cmds,
+        &[se, ("command", "GET"), ("result", "ok")],
+        3.0,
+    );
+    check(
+        &text,
+        cmds,
+        &[
+            ("namespace", "_none"),
+            ("command", "EXEC"),
+            ("result", "ok"),
+        ],
+        1.0,
+    );
+    check(&text, cmds, &[("command", "HELLO"), ("result", "ok")], 1.0);
+    // TTL actions: SET user_profile:1 got the default, HSET got EXPIRE NX appended.
+    check(
+        &text,
+        "respguard_ttl_enforced_total",
+        &[up, ("action", "added")],
+        2.0,
+    );
+    check(
+        &text,
+        "respguard_ttl_enforced_total",
+        &[se, ("action", "added")],
+        1.0,
+    );
+    // Histograms count every command exactly once.
+    check(
+        &text,
+        "respguard_command_duration_seconds_count",
+        &[("command", "MGET")],
+        1.0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_counted_by_namespace_and_rule() {
+    let redis = RedisServer::start();
+    let yaml = format!("{POLICY}  denied_commands: [KEYS]\n");
+    let proxy = common::proxy(&yaml, &redis.url()).await;
+    let mut c = raw_proxy(&proxy).await;
+    let refused = c.call(&[b"SET", b"user42", b"x"]).await;
+    assert!(
+        refused.starts_with(b"-POLICY "),
+        "{}",
+        common::show(&refused)
+    );
+    let refused = c.call(&[b"KEYS", b"*"]).await;
+    assert!(
+        refused.starts_with(b"-POLICY KEYS"),
+        "{}",
+        common::show(&refused)
+    );
+    let refused = c.call(&[b"PERSIST", b"session:1"]).await;
+    assert!(
+        refused.starts_with(b"-POLICY "),
+        "{}",
+        common::show(&refused)
+    );
+    let text = metrics_text(&proxy).await;
+    let rej = "respguard_policy_rejections_total";
+    check(
+        &text,
+        rej,
+        &[("namespace", "_unmatched"), ("rule", "naming")],
+        1.0,
+    );
+    check(
+        &text,
+        rej,
+        &[("namespace", "_none"), ("rule", "denied_command")],
+        1.0,
+    );
+    check(
+        &text,
+        rej,
+        &[("namespace", "session"), ("rule", "persist")],
+        1.0,
+    );
+    check(
+        &text,
+        "respguard_ttl_enforced_total",
+        &[("namespace", "session"), ("action", "refused")],
+        1.0,
+    );
+    check(
+        &text,
+        "respguard_commands_total",
+        &[("command", "SET"), ("result", "rejected")],
+        1.0,
+    );
+    // Nothing reached Redis.
+    let mut direct = redis.raw().await;
+    assert_eq!(direct.call(&[b"DBSIZE"]).await, b":0\r\n");
+}
