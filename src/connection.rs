@@ -559,10 +559,10 @@ impl Conn {
                                 self.upstream_failed(up, e);
                             }
                         }
-                        Some(SharedReply::Failed { sent, kind, message }) => {
-                            self.shared_failed(sent, kind, &message);
+                        Some(SharedReply::Failed { sent, message, .. }) => {
+                            self.shared_failed(sent, &message);
                         }
-                        None => self.shared_failed(false, "closed", "shared upstream connection ended"),
+                        None => self.shared_failed(false, "shared upstream connection ended"),
                     }
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
@@ -593,7 +593,7 @@ impl Conn {
                     to: m.reply_tx.clone(),
                 };
                 if m.jobs.send(job).is_err() {
-                    self.shared_failed(false, "closed", "shared upstream connection ended");
+                    self.shared_failed(false, "shared upstream connection ended");
                 } else {
                     self.stamp_sent(first_new);
                 }
@@ -617,8 +617,7 @@ impl Conn {
 
     /// A shared connection failed. Commands that never reached Redis get an error and the
     /// client may go on; if they may have, their replies are lost and the client is closed.
-    fn shared_failed(&mut self, sent: bool, kind: &'static str, message: &str) {
-        let _ = kind;
+    fn shared_failed(&mut self, sent: bool, message: &str) {
         self.unsent = 0;
         self.uout.clear();
         self.fail_pending(message);

@@ -10,11 +10,14 @@
 //! - [`command`]: the command table: one row per Redis command with its key positions,
 //!   read/write flags and TTL-bearing arguments.
 //! - [`policy`]: the policy stages, returning a [`policy::Verdict`] per command.
-//! - [`upstream`]: the per-client connection to Redis and the proxy's handshake.
+//! - [`multiplex`]: shared upstream connections for clients without connection state, and the
+//!   rule for when a client is pinned to its own.
+//! - [`upstream`]: connecting to Redis (TCP or Unix socket) and the proxy's handshake.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
 //! - [`reload`]: applying a changed configuration without a restart.
+//! - [`stats`]: `respguard stats`, the terminal view of a running proxy's metrics.
 #![forbid(unsafe_code)]
 
 pub mod admin;
