@@ -453,9 +453,13 @@ pub fn read_now<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Resu
 }
 
 /// Leaves room for one read without growing an idle connection's buffer before data arrives.
+///
+/// Starts small (most commands and replies are short, and an idle client's memory is mostly
+/// these buffers) and doubles while a large frame is arriving, so a 64 MB value still needs
+/// only a few dozen reads.
 fn reserve_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < READ_CHUNK / 8 {
+        buf.reserve(buf.len().max(READ_CHUNK / 4));
     }
 }
 
@@ -933,9 +937,8 @@ impl Conn {
         let is_reset = matches!(kind, Kind::Reset);
         match rewritten {
             Some(args) => {
-                let mut b = BytesMut::new();
-                codec::encode_command(&mut b, args.iter().map(|a| a.as_ref()));
-                self.send(&b);
+                // Encoded straight into the upstream buffer: no temporary copy.
+                codec::encode_command(&mut self.uout, args.iter().map(|a| a.as_ref()));
             }
             None => self.send(raw),
         }
@@ -960,9 +963,8 @@ impl Conn {
             // Redis sends nothing back, so nothing waits in the queue.
             self.scratch.clear();
             for extra in append {
-                let mut b = BytesMut::new();
-                codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
-                self.send(&b);
+                // Encoded straight into the upstream buffer: no temporary copy.
+                codec::encode_command(&mut self.uout, extra.iter().map(|a| a.as_ref()));
                 if self.expect_reply() {
                     self.push(Kind::Hidden, None, false, start);
                 }
@@ -994,9 +996,7 @@ impl Conn {
         self.pending.push_back(entry);
         self.unsent += 1;
         for extra in append {
-            let mut b = BytesMut::new();
-            codec::encode_command(&mut b, extra.iter().map(|a| a.as_ref()));
-            self.send(&b);
+            codec::encode_command(&mut self.uout, extra.iter().map(|a| a.as_ref()));
             if let Some(layout) = self.multi.as_mut() {
                 layout.push(Slot::Hidden);
             }

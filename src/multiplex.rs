@@ -32,13 +32,15 @@ use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
 /// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
 /// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
 /// `WAIT` (it waits on the connection's own writes), `DEBUG`, and unknown commands (their
-/// effect cannot be known). `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed.
+/// effect cannot be known). `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless
+/// and allowed. (`PING` behaves differently only in subscribe mode or RESP3, and both pin.)
 pub fn shareable(spec: Option<&'static CommandSpec>) -> bool {
     let Some(spec) = spec else {
         return false;
     };
     match spec.name {
-        "PUBLISH" | "SPUBLISH" => return true,
+        // Stateless despite their categories: clients ping on connect and as health checks.
+        "PUBLISH" | "SPUBLISH" | "PING" | "ECHO" => return true,
         n if n.starts_with("PUBSUB") => return true,
         "WAIT" | "WAITAOF" | "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" | "FAILOVER" => {
             return false
