@@ -349,6 +349,12 @@ pub fn encode_command<'a>(
     out.extend_from_slice(b"*");
     out.extend_from_slice(fmt_int(&mut ib, args.len() as i64));
     out.extend_from_slice(b"\r\n");
+    encode_args(out, args);
+}
+
+/// Appends `args` as bulk strings, without an array header (to extend a command).
+pub fn encode_args<'a>(out: &mut bytes::BytesMut, args: impl Iterator<Item = &'a [u8]>) {
+    let mut ib = itoa_buf();
     for a in args {
         out.extend_from_slice(b"$");
         out.extend_from_slice(fmt_int(&mut ib, a.len() as i64));

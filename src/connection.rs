@@ -81,7 +81,7 @@ struct Meta {
     /// Namespaces of every key, kept only for reads counted per key (`MGET`, `EXISTS`).
     key_ns: Option<Box<[NsId]>>,
     /// What the policy did, recorded with the reply.
-    actions: Option<Box<[(NsId, PolicyAction)]>>,
+    actions: Actions,
     /// Sensitive fields found: namespace, action label, field label in the policy.
     sensitive: Option<Box<[SensitiveFinding]>>,
     /// How many arguments follow the command name (the key count of `EXISTS`).
@@ -104,7 +104,7 @@ impl Pending {
                 cmd,
                 ns: NS_NONE,
                 key_ns: None,
-                actions: None,
+                actions: Actions::None,
                 sensitive: None,
                 nkeys: 0,
                 blocking: false,
@@ -276,6 +276,24 @@ struct ReadInfo {
     ns: NsId,
     key_ns: Option<Box<[NsId]>>,
     nkeys: u32,
+}
+
+/// What the policy did to one command; one action (a TTL added) needs no allocation.
+#[derive(Debug)]
+enum Actions {
+    None,
+    One((NsId, PolicyAction)),
+    Many(Box<[(NsId, PolicyAction)]>),
+}
+
+impl Actions {
+    fn as_slice(&self) -> &[(NsId, PolicyAction)] {
+        match self {
+            Actions::None => &[],
+            Actions::One(a) => std::slice::from_ref(a),
+            Actions::Many(b) => b,
+        }
+    }
 }
 
 /// A sensitive field the policy found: namespace, action label, field label id.
@@ -778,11 +796,11 @@ impl Conn {
         }
     }
 
-    fn take_actions(&mut self) -> Option<Box<[(NsId, PolicyAction)]>> {
-        if self.scratch.actions.is_empty() {
-            None
-        } else {
-            Some(self.scratch.actions.as_slice().into())
+    fn take_actions(&mut self) -> Actions {
+        match self.scratch.actions.as_slice() {
+            [] => Actions::None,
+            [one] => Actions::One(*one),
+            many => Actions::Many(many.into()),
         }
     }
 
@@ -846,9 +864,9 @@ impl Conn {
                 Verdict::Forward
             }
         };
-        let (rewritten, append) = match verdict {
-            Verdict::Forward => (None, Vec::new()),
-            Verdict::Rewrite(rw) => (rw.command, rw.append),
+        let (rewritten, tail, append) = match verdict {
+            Verdict::Forward => (None, Vec::new(), Vec::new()),
+            Verdict::Rewrite(rw) => (rw.command, rw.tail, rw.append),
             Verdict::Respond(bytes) => {
                 if let Some(layout) = self.multi.as_mut() {
                     // Inside MULTI the client expects +QUEUED now and this reply in EXEC.
@@ -940,7 +958,19 @@ impl Conn {
                 // Encoded straight into the upstream buffer: no temporary copy.
                 codec::encode_command(&mut self.uout, args.iter().map(|a| a.as_ref()));
             }
-            None => self.send(raw),
+            None if tail.is_empty() => self.send(raw),
+            None => {
+                // The client's arguments stay as they were; only the count and the added
+                // arguments are written anew.
+                let header_end = memchr::memchr(b'\n', raw).map_or(0, |i| i + 1);
+                let mut ib = [0u8; 20];
+                self.uout.extend_from_slice(b"*");
+                self.uout
+                    .extend_from_slice(codec::fmt_int(&mut ib, (argv.len() + tail.len()) as i64));
+                self.uout.extend_from_slice(b"\r\n");
+                self.uout.extend_from_slice(&raw[header_end..]);
+                codec::encode_args(&mut self.uout, tail.iter().map(|a| a.as_ref()));
+            }
         }
         let mut replies = self.expect_reply();
         if spec.is_some_and(|s| s.name == "CLIENT|REPLY") {
@@ -1356,21 +1386,19 @@ impl Conn {
             });
         }
         let t = &self.ns_table;
-        if let Some(actions) = &m.actions {
-            for (ns, a) in actions.iter() {
-                match a {
-                    PolicyAction::TtlDefault | PolicyAction::TtlAppended => t.ttl(*ns, 0),
-                    PolicyAction::TtlLowered => t.ttl(*ns, 1),
-                    PolicyAction::TtlRaised => t.ttl(*ns, 2),
-                    PolicyAction::Rejected(rule) => {
-                        if matches!(
-                            rule,
-                            crate::policy::Rule::Ttl | crate::policy::Rule::Persist
-                        ) {
-                            t.ttl(*ns, 3);
-                        }
-                        t.rejection(*ns, rule.label());
+        for (ns, a) in m.actions.as_slice() {
+            match a {
+                PolicyAction::TtlDefault | PolicyAction::TtlAppended => t.ttl(*ns, 0),
+                PolicyAction::TtlLowered => t.ttl(*ns, 1),
+                PolicyAction::TtlRaised => t.ttl(*ns, 2),
+                PolicyAction::Rejected(rule) => {
+                    if matches!(
+                        rule,
+                        crate::policy::Rule::Ttl | crate::policy::Rule::Persist
+                    ) {
+                        t.ttl(*ns, 3);
                     }
+                    t.rejection(*ns, rule.label());
                 }
             }
         }

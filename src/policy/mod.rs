@@ -72,6 +72,9 @@ pub enum Verdict {
 pub struct Rewrite {
     /// Arguments replacing the original command, or `None` to forward the original bytes.
     pub command: Option<Vec<Bytes>>,
+    /// Arguments added after the client's own when `command` is `None` (`SET ... EX 3600`):
+    /// the original bytes are forwarded with these appended, with no copy of the rest.
+    pub tail: Vec<Bytes>,
     /// Commands sent right after it whose replies the client never sees (`EXPIRE k ttl NX`).
     pub append: Vec<Vec<Bytes>>,
 }
@@ -285,6 +288,7 @@ pub struct Refusal {
 #[derive(Debug, Default)]
 pub struct Plan {
     command: Option<Vec<Bytes>>,
+    tail: Vec<Bytes>,
     append: Vec<Vec<Bytes>>,
 }
 
@@ -292,12 +296,25 @@ impl Plan {
     /// The rewritten arguments, copied from `argv` on first use. A stage that changes the
     /// command edits these; the original bytes are forwarded if no stage calls this.
     pub fn args(&mut self, argv: &Argv<'_>) -> &mut Vec<Bytes> {
-        self.command
-            .get_or_insert_with(|| argv.iter().map(Bytes::copy_from_slice).collect())
+        let args = self
+            .command
+            .get_or_insert_with(|| argv.iter().map(Bytes::copy_from_slice).collect());
+        args.append(&mut self.tail);
+        args
+    }
+
+    /// Adds an argument after the client's own. Until a stage rewrites the command, the
+    /// original bytes are kept and only these are encoded.
+    pub fn push_tail(&mut self, arg: Bytes) {
+        match self.command.as_mut() {
+            Some(args) => args.push(arg),
+            None => self.tail.push(arg),
+        }
     }
 
     /// Replaces the whole command (a stage that rebuilt it); later edits apply to this one.
-    pub fn replace(&mut self, args: Vec<Bytes>) {
+    pub fn replace(&mut self, mut args: Vec<Bytes>) {
+        args.append(&mut self.tail);
         self.command = Some(args);
     }
 
@@ -312,11 +329,12 @@ impl Plan {
     }
 
     fn into_verdict(self) -> Verdict {
-        if self.command.is_none() && self.append.is_empty() {
+        if self.command.is_none() && self.tail.is_empty() && self.append.is_empty() {
             Verdict::Forward
         } else {
             Verdict::Rewrite(Rewrite {
                 command: self.command,
+                tail: self.tail,
                 append: self.append,
             })
         }

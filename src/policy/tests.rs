@@ -49,12 +49,29 @@ fn run(p: &Policy, args: &[&[u8]], scratch: &mut Scratch) -> Verdict {
         });
     }
     let argv = Argv::new(&buf, &spans);
-    p.check_with(
+    let v = p.check_with(
         &argv,
         command::lookup(&argv),
         scratch,
         &mut Clock::fixed(NOW),
-    )
+    );
+    // Arguments appended to the original bytes read, for assertions, as a whole command.
+    match v {
+        Verdict::Rewrite(Rewrite {
+            command: None,
+            tail,
+            append,
+        }) if !tail.is_empty() => {
+            let mut full: Vec<Bytes> = argv.iter().map(Bytes::copy_from_slice).collect();
+            full.extend(tail);
+            Verdict::Rewrite(Rewrite {
+                command: Some(full),
+                tail: Vec::new(),
+                append,
+            })
+        }
+        other => other,
+    }
 }
 
 fn check(p: &Policy, args: &[&str]) -> (Verdict, Scratch) {

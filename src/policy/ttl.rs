@@ -381,9 +381,9 @@ impl<'a> Cx<'_, 'a> {
                 Flow::Continue
             }
             None => {
-                let args = self.plan.args(self.argv);
-                args.push(Bytes::from_static(t.rule.set_option));
-                args.push(t.rule.default_arg.clone());
+                // The most common rewrite: appended, so the client's bytes are kept as they are.
+                self.plan.push_tail(Bytes::from_static(t.rule.set_option));
+                self.plan.push_tail(t.rule.default_arg.clone());
                 self.scratch.actions.push((t.ns, PolicyAction::TtlDefault));
                 Flow::Continue
             }
