@@ -592,9 +592,9 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             1
         }
         Some(v) => v.value as usize,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        // One thread measured fastest for a sidecar that shares its cores with the application
+        // (scripts/bench, README); more only help a proxy with cores of its own.
+        None => 1,
     };
 
     let policy = raw.policy.map(|rp| crate::policy::validate(rp, &mut p));
