@@ -8,7 +8,6 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use respguard::codec::{Argv, Span};
 use respguard::command;
 use respguard::config::{Config, Overrides};
 use respguard::policy::{Policy, Scratch, Verdict};
@@ -22,30 +21,7 @@ fn example_policy() -> std::sync::Arc<Policy> {
 }
 
 /// A command laid out the way the codec scans it.
-struct Cmd {
-    buf: Vec<u8>,
-    spans: Vec<Span>,
-}
-
-impl Cmd {
-    fn new(args: &[&[u8]]) -> Cmd {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        for a in args {
-            let start = buf.len() as u32;
-            buf.extend_from_slice(a);
-            spans.push(Span {
-                start,
-                end: buf.len() as u32,
-            });
-        }
-        Cmd { buf, spans }
-    }
-
-    fn argv(&self) -> Argv<'_> {
-        Argv::new(&self.buf, &self.spans)
-    }
-}
+type Cmd = respguard::codec::OwnedArgv;
 
 fn naming(c: &mut Criterion) {
     let policy = example_policy();

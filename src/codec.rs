@@ -46,6 +46,33 @@ impl<'a> Argv<'a> {
     }
 }
 
+/// An owned command, for building an [`Argv`] away from a connection buffer (tests,
+/// benchmarks, tools).
+#[derive(Clone, Debug, Default)]
+pub struct OwnedArgv {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+impl OwnedArgv {
+    pub fn new(args: &[&[u8]]) -> Self {
+        let mut owned = OwnedArgv::default();
+        for a in args {
+            let start = owned.buf.len() as u32;
+            owned.buf.extend_from_slice(a);
+            owned.spans.push(Span {
+                start,
+                end: owned.buf.len() as u32,
+            });
+        }
+        owned
+    }
+
+    pub fn argv(&self) -> Argv<'_> {
+        Argv::new(&self.buf, &self.spans)
+    }
+}
+
 /// Size limits applied while scanning, before any buffer grows to hold a frame.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -7,7 +7,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use respguard::codec::{Argv, Span};
 use respguard::command;
 use respguard::config::{Config, Overrides};
 use respguard::policy::{Scratch, Verdict};
@@ -44,23 +43,10 @@ fn allocations() -> usize {
 }
 
 /// A command laid out the way the codec scans it.
-struct Cmd {
-    buf: Vec<u8>,
-    spans: Vec<Span>,
-}
+type Cmd = respguard::codec::OwnedArgv;
 
 fn cmd(args: &[&[u8]]) -> Cmd {
-    let mut buf = Vec::new();
-    let mut spans = Vec::new();
-    for a in args {
-        let start = buf.len() as u32;
-        buf.extend_from_slice(a);
-        spans.push(Span {
-            start,
-            end: buf.len() as u32,
-        });
-    }
-    Cmd { buf, spans }
+    Cmd::new(args)
 }
 
 #[test]
@@ -128,13 +114,9 @@ policy:
     ];
     let mut scratch = Scratch::default();
     let run = |c: &Cmd, scratch: &mut Scratch| {
-        let argv = Argv::new(&c.buf, &c.spans);
+        let argv = c.argv();
         let v = policy.check(&argv, command::lookup(&argv), scratch);
-        assert!(
-            matches!(v, Verdict::Forward),
-            "{:?}: {v:?}",
-            String::from_utf8_lossy(&c.buf)
-        );
+        assert!(matches!(v, Verdict::Forward), "{c:?}: {v:?}");
     };
     // Warm up: the reused scratch vectors grow to their working size once.
     for c in &cmds {
@@ -150,7 +132,10 @@ policy:
             n,
             0,
             "{:?} allocated {n} times in 100 checks",
-            String::from_utf8_lossy(&c.buf)
+            c.argv()
+                .iter()
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
         );
     }
     let before = allocations();
@@ -159,7 +144,7 @@ policy:
 
     // The counter works: a rewritten command does allocate.
     let set = cmd(&[b"SET", b"session:42", b"v"]);
-    let argv = Argv::new(&set.buf, &set.spans);
+    let argv = set.argv();
     let before = allocations();
     let v = policy.check(&argv, command::lookup(&argv), &mut scratch);
     assert!(matches!(v, Verdict::Rewrite(_)));

@@ -813,7 +813,6 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn clean_commands_do_not_allocate() {
-    use respguard::codec::{Argv, Span};
     use respguard::policy::{Scratch, Verdict};
 
     let policy = common::config(POLICY, "redis://127.0.0.1:1")
@@ -832,17 +831,8 @@ fn clean_commands_do_not_allocate() {
     ];
     let mut scratch = Scratch::default();
     for args in cmds {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        for a in args {
-            let start = buf.len() as u32;
-            buf.extend_from_slice(a);
-            spans.push(Span {
-                start,
-                end: buf.len() as u32,
-            });
-        }
-        let argv = Argv::new(&buf, &spans);
+        let owned = respguard::codec::OwnedArgv::new(args);
+        let argv = owned.argv();
         let spec = respguard::command::lookup(&argv);
         // Warm up the reused scratch vectors.
         let v = policy.check(&argv, spec, &mut scratch);
@@ -858,17 +848,8 @@ fn clean_commands_do_not_allocate() {
     }
     // The counter works: a command with a finding does allocate (the rewrite).
     let args: [&[u8]; 3] = [b"SET", b"misc", br#"{"password":1}"#];
-    let mut buf = Vec::new();
-    let mut spans = Vec::new();
-    for a in args {
-        let start = buf.len() as u32;
-        buf.extend_from_slice(a);
-        spans.push(Span {
-            start,
-            end: buf.len() as u32,
-        });
-    }
-    let argv = Argv::new(&buf, &spans);
+    let owned = respguard::codec::OwnedArgv::new(&args);
+    let argv = owned.argv();
     let before = ALLOCS.with(Cell::get);
     let v = policy.check(&argv, respguard::command::lookup(&argv), &mut scratch);
     assert!(matches!(v, Verdict::Rewrite(_)));

@@ -735,19 +735,11 @@ fn parse_i64(s: &[u8]) -> Option<i64> {
 mod tests {
     use super::getkeys_fixture::GETKEYS_CASES;
     use super::*;
-    use crate::codec::Span;
 
     /// Runs `f` on an `Argv` over `args`, laid out like the codec would.
     fn with_argv<R>(args: &[&str], f: impl FnOnce(&Argv<'_>) -> R) -> R {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        for a in args {
-            let start = u32::try_from(buf.len()).unwrap();
-            buf.extend_from_slice(a.as_bytes());
-            let end = u32::try_from(buf.len()).unwrap();
-            spans.push(Span { start, end });
-        }
-        f(&Argv::new(&buf, &spans))
+        let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        f(&crate::codec::OwnedArgv::new(&bytes).argv())
     }
 
     fn find(args: &[&str]) -> Option<&'static str> {

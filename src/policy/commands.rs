@@ -138,20 +138,10 @@ impl CommandRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Span;
 
     fn with_argv<R>(args: &[&str], f: impl FnOnce(&Argv<'_>) -> R) -> R {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        for a in args {
-            let start = buf.len() as u32;
-            buf.extend_from_slice(a.as_bytes());
-            spans.push(Span {
-                start,
-                end: buf.len() as u32,
-            });
-        }
-        f(&Argv::new(&buf, &spans))
+        let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        f(&crate::codec::OwnedArgv::new(&bytes).argv())
     }
 
     fn decide(rules: &CommandRules, args: &[&str]) -> Decision {

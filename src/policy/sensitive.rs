@@ -1355,7 +1355,6 @@ fn dispatch<'r>(st: &mut Stage<'_, '_, 'r>, command: &str) -> Result<Option<Stag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Span;
 
     const FIELDS: &[&str] = &[
         "password",
@@ -1394,17 +1393,8 @@ mod tests {
         args: &[&[u8]],
         rules_for: &dyn Fn(&[u8]) -> &'r SensitiveRules,
     ) -> (StageOutcome, Vec<String>) {
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        for a in args {
-            let start = buf.len() as u32;
-            buf.extend_from_slice(a);
-            spans.push(Span {
-                start,
-                end: buf.len() as u32,
-            });
-        }
-        let argv = Argv::new(&buf, &spans);
+        let owned = crate::codec::OwnedArgv::new(args);
+        let argv = owned.argv();
         let cmd = String::from_utf8(args[0].to_ascii_uppercase()).unwrap();
         let mut findings = Vec::new();
         let out = apply(&argv, &cmd, rules_for, &mut findings);

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use super::ttl::Clock;
 use super::*;
-use crate::codec::Span;
 use crate::command;
 use crate::config::{Config, Overrides};
 
@@ -38,17 +37,8 @@ fn policy(yaml: &str) -> Arc<Policy> {
 }
 
 fn run(p: &Policy, args: &[&[u8]], scratch: &mut Scratch) -> Verdict {
-    let mut buf = Vec::new();
-    let mut spans = Vec::new();
-    for a in args {
-        let start = buf.len() as u32;
-        buf.extend_from_slice(a);
-        spans.push(Span {
-            start,
-            end: buf.len() as u32,
-        });
-    }
-    let argv = Argv::new(&buf, &spans);
+    let owned = crate::codec::OwnedArgv::new(args);
+    let argv = owned.argv();
     let v = p.check_with(
         &argv,
         command::lookup(&argv),
