@@ -7,10 +7,11 @@
 //! (written unchanged), transactions, pipelines, and the allocation-free clean path.
 
 #[macro_use]
+mod alloc_count;
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use alloc_count::allocations;
+
 use std::time::Duration;
 
 use common::{bulk, bulk_array, encode_many, Raw, RedisServer};
@@ -784,33 +785,6 @@ async fn findings_are_counted_in_metrics() {
 // ---------------------------------------------------------------------------------------------
 // The clean path allocates nothing: a counting allocator (per thread) around Policy::check.
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 #[test]
 fn clean_commands_do_not_allocate() {
     use respguard::policy::{Scratch, Verdict};
@@ -837,12 +811,12 @@ fn clean_commands_do_not_allocate() {
         // Warm up the reused scratch vectors.
         let v = policy.check(&argv, spec, &mut scratch);
         assert!(matches!(v, Verdict::Forward), "{:?}: {v:?}", text(args[0]));
-        let before = ALLOCS.with(Cell::get);
+        let before = allocations();
         for _ in 0..50 {
             let v = policy.check(&argv, spec, &mut scratch);
             assert!(matches!(v, Verdict::Forward));
         }
-        let n = ALLOCS.with(Cell::get) - before;
+        let n = allocations() - before;
         assert_eq!(n, 0, "{} allocated {n} times in 50 checks", text(args[0]));
         assert!(scratch.sensitive.is_empty());
     }
@@ -850,10 +824,10 @@ fn clean_commands_do_not_allocate() {
     let args: [&[u8]; 3] = [b"SET", b"misc", br#"{"password":1}"#];
     let owned = respguard::codec::OwnedArgv::new(&args);
     let argv = owned.argv();
-    let before = ALLOCS.with(Cell::get);
+    let before = allocations();
     let v = policy.check(&argv, respguard::command::lookup(&argv), &mut scratch);
     assert!(matches!(v, Verdict::Rewrite(_)));
-    assert!(ALLOCS.with(Cell::get) > before);
+    assert!(allocations() > before);
     assert_eq!(scratch.sensitive.len(), 1);
     assert_eq!(
         policy.sensitive_field_label(scratch.sensitive[0].2),
