@@ -6,8 +6,8 @@
 //! overrides, `action: reject` (nothing written), `action: audit` and policy `mode: audit`
 //! (written unchanged), transactions, pipelines, and the allocation-free clean path.
 
-#[macro_use]
 mod alloc_count;
+#[macro_use]
 mod common;
 
 use alloc_count::allocations;
