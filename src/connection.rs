@@ -243,6 +243,9 @@ struct Conn {
     monitor: bool,
     /// `Some` between MULTI and EXEC/DISCARD: visibility of each queued command's reply.
     multi: Option<Vec<Slot>>,
+    /// Replies still owed for commands sent up to and including MONITOR; frames after them
+    /// are monitor output.
+    monitor_owed: usize,
     /// Queued commands that change the connection when EXEC runs them.
     multi_specials: Vec<(usize, Special)>,
     /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
@@ -336,6 +339,8 @@ struct Mux {
     jobs: mpsc::UnboundedSender<Job>,
     reply_tx: ReplyTx,
     replies: ReplyRx,
+    /// Reply bytes the shared connection has sent and this client has not taken yet.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
@@ -373,6 +378,7 @@ pub async fn serve(
         multi: None,
         multi_poisoned: false,
         multi_specials: Vec::new(),
+        monitor_owed: 0,
         closing: false,
         abort: false,
         reply_mode: ReplyMode::On,
@@ -390,6 +396,7 @@ pub async fn serve(
                 jobs,
                 reply_tx,
                 replies,
+                queued: Arc::default(),
             }
         }),
         pin_wanted: false,
@@ -576,9 +583,24 @@ impl Conn {
                 r = async { match self.mux.as_mut() { Some(m) => m.replies.recv().await, None => std::future::pending().await } }, if self.mux.is_some() || self.pin_wanted => {
                     match r {
                         Some(SharedReply::Frames(b)) => {
+                            if let Some(m) = self.mux.as_ref() {
+                                m.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+                            }
                             self.ubuf.extend_from_slice(&b);
                             if let Err(e) = self.process_upstream() {
                                 self.upstream_failed(up, e);
+                            }
+                            if self.cout.len() > self.max_buffered {
+                                // A shared connection cannot wait for one slow reader without
+                                // stalling the others: a client that does not read its replies
+                                // is cut off at its buffer limit, as Redis does at
+                                // client-output-buffer-limit.
+                                tracing::warn!(
+                                    buffered = self.cout.len(),
+                                    "client does not read its replies; closing"
+                                );
+                                self.shared.metrics.protocol_errors.increment(1);
+                                self.abort = true;
                             }
                         }
                         Some(SharedReply::Failed { sent, message, .. }) => {
@@ -613,6 +635,7 @@ impl Conn {
                     bytes: self.uout.split().freeze(),
                     replies: std::mem::take(&mut self.unsent),
                     to: m.reply_tx.clone(),
+                    queued: m.queued.clone(),
                 };
                 if m.jobs.send(job).is_err() {
                     self.shared_failed(false, "shared upstream connection ended");
@@ -922,9 +945,7 @@ impl Conn {
                 self.multi_poisoned = false;
                 Kind::Reply
             }
-            sp @ (Special::Hello | Special::Quit | Special::Monitor | Special::Pubsub)
-                if self.multi.is_some() =>
-            {
+            sp @ (Special::Hello | Special::Monitor | Special::Pubsub) if self.multi.is_some() => {
                 // Queued: the reply now is +QUEUED; the effect comes with EXEC.
                 if let Some(layout) = self.multi.as_mut() {
                     let visible = layout
@@ -942,11 +963,18 @@ impl Conn {
                 self.multi_poisoned = false;
                 Kind::Reset
             }
-            Special::Quit => Kind::Quit,
+            Special::Quit => {
+                // Redis stops reading at QUIT (even inside MULTI): so does the proxy, rather
+                // than forward commands that would never be answered.
+                self.closing = true;
+                Kind::Quit
+            }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
             Special::None => {
-                if let Some(layout) = self.multi.as_mut() {
+                // Redis answers WATCH inside MULTI at once with an error; it is not queued.
+                let queued = spec.is_none_or(|s| s.name != "WATCH");
+                if let (Some(layout), true) = (self.multi.as_mut(), queued) {
                     layout.push(Slot::Visible(None));
                 }
                 Kind::Reply
@@ -1023,8 +1051,18 @@ impl Conn {
                 }
             }
         }
+        let monitoring = matches!(entry.kind, Kind::Monitor) && self.multi.is_none();
         self.pending.push_back(entry);
         self.unsent += 1;
+        if monitoring {
+            // Commands after MONITOR in the same batch are not answered in pairs any more.
+            self.monitor = true;
+            self.monitor_owed = self
+                .pending
+                .iter()
+                .filter(|p| !matches!(p.kind, Kind::Local(..)))
+                .count();
+        }
         for extra in append {
             codec::encode_command(&mut self.uout, extra.iter().map(|a| a.as_ref()));
             if let Some(layout) = self.multi.as_mut() {
@@ -1218,10 +1256,15 @@ impl Conn {
     /// Pairs one upstream frame and says what the client gets of it.
     fn on_reply(&mut self, bytes: &[u8], f: ReplyFrame) -> Action {
         if self.monitor {
-            if bytes == b"+RESET\r\n" {
-                self.reset_state();
+            if self.monitor_owed > 0 {
+                // Replies to what was sent before MONITOR (and MONITOR's own) still pair.
+                self.monitor_owed -= 1;
+            } else {
+                if bytes == b"+RESET\r\n" {
+                    self.reset_state();
+                }
+                return Action::Forward;
             }
-            return Action::Forward;
         }
         let front_pubsub = matches!(
             self.pending.front(),
@@ -1290,8 +1333,9 @@ impl Conn {
                 return Action::Drop;
             }
             Kind::Monitor => {
-                if f.kind == b'+' {
-                    self.monitor = true;
+                if f.kind != b'+' {
+                    // Refused: replies pair again.
+                    self.monitor = false;
                 }
                 true
             }

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -80,6 +80,10 @@ pub struct Job {
     /// How many replies Redis will send for `bytes`.
     pub replies: usize,
     pub to: ReplyTx,
+    /// Reply bytes sent to the client and not yet taken by it. A shared connection cannot
+    /// wait for one slow reader, so past the client's buffer limit its replies are dropped
+    /// and it is told to close.
+    pub queued: Arc<AtomicUsize>,
 }
 
 /// The shared connections of one proxy.
@@ -115,6 +119,7 @@ impl Pool {
 struct Waiting {
     remaining: usize,
     to: ReplyTx,
+    queued: Arc<AtomicUsize>,
 }
 
 /// One shared connection: writes jobs, splits replies back to their clients.
@@ -205,6 +210,7 @@ fn enqueue(job: Job, out: &mut BytesMut, fifo: &mut VecDeque<Waiting>) {
     fifo.push_back(Waiting {
         remaining: job.replies,
         to: job.to,
+        queued: job.queued,
     });
 }
 
@@ -253,6 +259,7 @@ fn dispatch(
         max_inline_len: usize::MAX >> 1,
         ..sh.config().limits
     };
+    let max_buffered = sh.config().max_buffered_bytes;
     let mut off = 0;
     let mut chunk_start = 0;
     let mut result = Ok(());
@@ -280,7 +287,7 @@ fn dispatch(
             let chunk = inb.split_to(off - chunk_start).freeze();
             off = 0;
             chunk_start = 0;
-            let _ = front.to.send(SharedReply::Frames(chunk));
+            deliver(front, chunk, max_buffered);
             fifo.pop_front();
         }
     }
@@ -288,10 +295,31 @@ fn dispatch(
         // Part of a client's replies: send what is complete now.
         let chunk = inb.split_to(off - chunk_start).freeze();
         if let Some(front) = fifo.front() {
-            let _ = front.to.send(SharedReply::Frames(chunk));
+            deliver(front, chunk, max_buffered);
         }
     }
     result
+}
+
+/// Hands replies to their client, unless it already has more than its limit waiting: then
+/// they are dropped and the client is told its replies are lost (it closes).
+fn deliver(w: &Waiting, chunk: Bytes, max_buffered: usize) {
+    // Marks a client already told; its replies from then on are dropped.
+    const FAILED: usize = usize::MAX / 2;
+    let before = w.queued.fetch_add(chunk.len(), Ordering::AcqRel);
+    if before >= FAILED / 2 {
+        return;
+    }
+    if before > max_buffered {
+        w.queued.store(FAILED, Ordering::Release);
+        let _ = w.to.send(SharedReply::Failed {
+            sent: true,
+            kind: "client_buffer",
+            message: "client output buffer limit reached: replies are not being read".into(),
+        });
+        return;
+    }
+    let _ = w.to.send(SharedReply::Frames(chunk));
 }
 
 fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
