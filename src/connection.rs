@@ -586,8 +586,19 @@ impl Conn {
                             if let Some(m) = self.mux.as_ref() {
                                 m.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
                             }
-                            self.ubuf.extend_from_slice(&b);
-                            if let Err(e) = self.process_upstream() {
+                            // Shared connections hand over whole replies: scan them where
+                            // they are instead of copying them into the read buffer first.
+                            let res = if self.ubuf.is_empty() {
+                                let (used, res) = self.process_replies(&b);
+                                if used < b.len() {
+                                    self.ubuf.extend_from_slice(&b[used..]);
+                                }
+                                res
+                            } else {
+                                self.ubuf.extend_from_slice(&b);
+                                self.process_upstream()
+                            };
+                            if let Err(e) = res {
                                 self.upstream_failed(up, e);
                             }
                             if self.cout.len() > self.max_buffered {
@@ -1169,8 +1180,20 @@ impl Conn {
 
     /// Handles every complete reply in the upstream buffer.
     fn process_upstream(&mut self) -> Result<(), UpstreamError> {
+        let mut buf = std::mem::take(&mut self.ubuf);
+        let (off, result) = self.process_replies(&buf);
+        if off >= buf.len() {
+            buf.clear();
+        } else {
+            buf.advance(off);
+        }
+        self.ubuf = buf;
+        result
+    }
+
+    /// Pairs every complete reply at the start of `buf` and says how many bytes it used.
+    fn process_replies(&mut self, buf: &[u8]) -> (usize, Result<(), UpstreamError>) {
         self.now = Instant::now();
-        let buf = std::mem::take(&mut self.ubuf);
         let mut off = 0;
         // Replies forwarded unchanged are copied to the client buffer in one run.
         let mut run_start = 0;
@@ -1206,19 +1229,12 @@ impl Conn {
                 }
             }
             off += frame.len;
-            self.drain_locals_into_run(&buf, &mut run_start, off);
+            self.drain_locals_into_run(buf, &mut run_start, off);
         }
         self.cout.extend_from_slice(&buf[run_start..off]);
         // Metrics are up to date before the client can see these replies.
         self.flush_run();
-        let mut buf = buf;
-        if off >= buf.len() {
-            buf.clear();
-        } else {
-            buf.advance(off);
-        }
-        self.ubuf = buf;
-        result
+        (off, result)
     }
 
     /// Emits proxy-made replies that have reached the front, keeping the copy run in order.
