@@ -105,6 +105,16 @@ impl TtlRule {
     }
 }
 
+/// `PEXPIRE key ms LT|GT`: moves an existing expiry into bounds without touching one inside.
+fn pexpire(key: &[u8], ms: u64, option: &'static [u8]) -> Vec<Bytes> {
+    vec![
+        Bytes::from_static(b"PEXPIRE"),
+        Bytes::copy_from_slice(key),
+        int_bytes(i64::try_from(ms).unwrap_or(i64::MAX)),
+        Bytes::from_static(option),
+    ]
+}
+
 /// Formats milliseconds in the largest unit that states them exactly: `2h`, `90m`, `1500ms`.
 pub fn fmt_ms(ms: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -281,6 +291,11 @@ pub fn check(
     };
     match spec.ttl {
         TtlArgs::None => {
+            if spec.name == "COPY" {
+                if let Some(stop) = cx.copy_to_other_db() {
+                    return stop;
+                }
+            }
             cx.append_expiries(spec);
             Flow::Continue
         }
@@ -308,8 +323,32 @@ impl<'a> Cx<'_, 'a> {
         self.policy.namespace_label(ns)
     }
 
-    /// `EXPIRE key ttl NX` after every key the command may create, once per key.
+    /// `COPY ... DB n` writes a key in another database, where an appended EXPIRE (which runs
+    /// in the client's database) cannot reach it: refused when the destination has a TTL rule.
+    fn copy_to_other_db(&mut self) -> Option<Flow> {
+        let other_db = (3..self.argv.len())
+            .filter_map(|i| self.argv.get(i))
+            .any(|a| a.eq_ignore_ascii_case(b"DB"));
+        if !other_db {
+            return None;
+        }
+        let dst_ns = self.scratch.key_ns.get(1).copied()?;
+        self.policy.namespace(dst_ns).and_then(|n| n.ttl.as_ref())?;
+        Some(Flow::Stop(Refusal {
+            rule: Rule::Ttl,
+            namespace: dst_ns,
+            message: format!(
+                "COPY ... DB is not allowed for {} keys: their TTL cannot be enforced in another database (COPY within this database, or SELECT it first)",
+                self.ns_name(dst_ns)
+            ),
+        }))
+    }
+
+    /// `EXPIRE key ttl NX` after every key the command may create, once per key. Keys that
+    /// inherit an expiry from their source (`RENAME`, `RENAMENX`, `COPY`) are also brought
+    /// into their namespace's bounds: `PEXPIRE key max LT` and `PEXPIRE key min GT`.
     fn append_expiries(&mut self, spec: &CommandSpec) {
+        let inherits = matches!(spec.name, "RENAME" | "RENAMENX" | "COPY");
         let Scratch {
             keys,
             key_ns,
@@ -336,6 +375,14 @@ impl<'a> Cx<'_, 'a> {
             }
             self.plan.append(rule.expire_nx(key));
             actions.push((*ns, PolicyAction::TtlAppended));
+            if inherits {
+                if rule.max_ms != u64::MAX {
+                    self.plan.append(pexpire(key, rule.max_ms, b"LT"));
+                }
+                if rule.min_ms > 0 {
+                    self.plan.append(pexpire(key, rule.min_ms, b"GT"));
+                }
+            }
         }
     }
 
