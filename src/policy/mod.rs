@@ -491,7 +491,7 @@ impl Policy {
                 Verdict::Rewrite(rw) => {
                     format!(
                         "rewrite (command changed: {}, {} appended)",
-                        rw.command.is_some(),
+                        rw.command.is_some() || !rw.tail.is_empty(),
                         rw.append.len()
                     )
                 }
