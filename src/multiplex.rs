@@ -162,7 +162,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                 }
                 if let Some(w) = wr.as_ref() {
                     if let Err(e) = flush(w, &mut out) {
-                        fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e.into());
+                        fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e.into());
                     }
                 }
             }
@@ -184,8 +184,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     (Ok(()), None) => Ok(()),
                 };
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e);
-                    inb.clear();
+                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e);
                 }
             }
             r = async { match wr.as_ref() { Some(w) => w.writable().await, None => std::future::pending().await } }, if want_write => {
@@ -195,7 +194,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     None => Ok(()),
                 });
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, &mut out, &mut fifo, e.into());
+                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e.into());
                 }
             }
         }
@@ -227,7 +226,7 @@ fn fail(
     sh: &Shared,
     rd: &mut Option<UpRead>,
     wr: &mut Option<UpWrite>,
-    out: &mut BytesMut,
+    (out, inb): (&mut BytesMut, &mut BytesMut),
     fifo: &mut VecDeque<Waiting>,
     e: UpstreamError,
 ) {
@@ -236,6 +235,8 @@ fn fail(
     *rd = None;
     *wr = None;
     out.clear();
+    // A partial reply of the broken connection must not precede the next connection's.
+    inb.clear();
     for w in fifo.drain(..) {
         let _ = w.to.send(SharedReply::Failed {
             sent: true,
