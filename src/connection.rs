@@ -59,6 +59,9 @@ enum Kind {
     Hello,
     Reset,
     Quit,
+    /// A probe sent for a command the policy made a no-op: the client gets `reply`, or the
+    /// probe's error.
+    Mapped(Bytes),
     /// `EXEC`: `visible[i]` says whether element `i` of the reply array is the client's.
     /// `specials` are queued commands that change the connection when EXEC runs them, by
     /// position among the visible elements.
@@ -312,6 +315,9 @@ enum Slot {
     Hidden,
     /// Answered by the proxy (never sent): this element is inserted.
     Local(Bytes),
+    /// A probe for a command the policy made a no-op: its element becomes this reply unless
+    /// it is an error.
+    Mapped(Bytes),
 }
 
 /// Whether Redis answers the client's commands (`CLIENT REPLY`).
@@ -911,6 +917,25 @@ impl Conn {
                 }
                 return true;
             }
+            Verdict::Probe { command, reply } => {
+                codec::encode_command(&mut self.uout, command.iter().map(|a| a.as_ref()));
+                let kind = match self.multi.as_mut() {
+                    Some(layout) => {
+                        // Queued: +QUEUED now, and the reply spliced into EXEC.
+                        layout.push(Slot::Mapped(reply));
+                        Kind::Reply
+                    }
+                    None => Kind::Mapped(reply),
+                };
+                let mut entry = Pending::new(kind, cmd, start);
+                entry.meta.ns = self.scratch.namespace;
+                entry.meta.actions = self.take_actions();
+                entry.meta.sensitive = self.take_sensitive();
+                entry.meta.queued = self.multi.is_some();
+                self.pending.push_back(entry);
+                self.unsent += 1;
+                return true;
+            }
             Verdict::Reject(r) => {
                 let mut b = BytesMut::new();
                 codec::encode_error(&mut b, &r.message);
@@ -1373,6 +1398,14 @@ impl Conn {
                 self.closing = true;
                 true
             }
+            Kind::Mapped(reply) => {
+                if outcome == Outcome::Error {
+                    true
+                } else {
+                    self.record(&p.meta, outcome, None);
+                    return Action::Replace(BytesMut::from(&reply[..]));
+                }
+            }
             Kind::Exec(layout, specials) => {
                 if !specials.is_empty() && f.count >= 0 {
                     self.apply_exec_specials(bytes, f, &layout, &specials);
@@ -1645,8 +1678,11 @@ impl Conn {
                 continue;
             }
             let el = scanner.scan(&bytes[pos..], &self.reply_limits).ok()??;
-            if matches!(slot, Slot::Visible(_)) {
-                out.extend_from_slice(&bytes[pos..pos + el.len]);
+            match slot {
+                Slot::Visible(_) => out.extend_from_slice(&bytes[pos..pos + el.len]),
+                Slot::Mapped(reply) if el.kind != b'-' => out.extend_from_slice(reply),
+                Slot::Mapped(_) => out.extend_from_slice(&bytes[pos..pos + el.len]),
+                Slot::Hidden | Slot::Local(_) => {}
             }
             pos += el.len;
         }

@@ -1015,23 +1015,49 @@ async fn stripping_and_ttl_combine() {
 /// but on a key holding a string Redis would answer WRONGTYPE: a client that relies on the
 /// error (type confusion, a bug to surface) gets a silent success instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_sensitive_hset_on_a_string_key_hides_wrongtype() {
-    // Known difference (README "Known limitations"): when every field of HSET is sensitive,
-    // respguard answers what Redis answers for writing zero fields without asking Redis, so a
-    // key of the wrong type is not reported.
+async fn all_sensitive_hset_on_a_string_key_reports_wrongtype() {
+    // When every field is sensitive nothing is written, but Redis still checks the key's type
+    // (through a probe), so a wrong-type key is reported as it would be without respguard.
     let mut e = env().await;
     assert_resp!(e.c.call(&[b"SET", b"session:s", b"v"]).await, b"+OK\r\n");
-    // A non-sensitive field: Redis's error comes back.
+    let wrongtype = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
     assert_resp!(
         e.c.call(&[b"HSET", b"session:s", b"name", b"x"]).await,
-        b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        wrongtype
     );
-    // Only a sensitive field: answered locally, and the string is untouched.
     assert_resp!(
         e.c.call(&[b"HSET", b"session:s", b"password", b"x"]).await,
-        b":0\r\n"
+        wrongtype
+    );
+    assert_resp!(
+        e.c.call(&[b"HMSET", b"session:s", b"password", b"x"]).await,
+        wrongtype
     );
     assert_resp!(e.d.call(&[b"GET", b"session:s"]).await, b"$1\r\nv\r\n");
+    // On a missing key and on a hash: Redis's zero-field replies, nothing created or written.
+    assert_resp!(
+        e.c.call(&[b"HSET", b"session:h", b"password", b"x"]).await,
+        b":0\r\n"
+    );
+    assert_resp!(
+        e.c.call(&[b"HMSET", b"session:h", b"password", b"x"]).await,
+        b"+OK\r\n"
+    );
+    assert_resp!(e.d.call(&[b"EXISTS", b"session:h"]).await, b":0\r\n");
+    // Inside MULTI: +QUEUED, and EXEC carries the same answers.
+    assert_resp!(e.c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_resp!(
+        e.c.call(&[b"HSET", b"session:s", b"password", b"x"]).await,
+        b"+QUEUED\r\n"
+    );
+    assert_resp!(
+        e.c.call(&[b"HSET", b"session:h", b"password", b"x"]).await,
+        b"+QUEUED\r\n"
+    );
+    let mut want = b"*2\r\n".to_vec();
+    want.extend_from_slice(wrongtype);
+    want.extend_from_slice(b":0\r\n");
+    assert_resp!(e.c.call(&[b"EXEC"]).await, want);
 }
 
 /// RENAMENX has the same gap as RENAME.

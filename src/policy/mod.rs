@@ -63,6 +63,10 @@ pub enum Verdict {
     Rewrite(Rewrite),
     /// Answer the client directly; nothing is sent to Redis.
     Respond(Bytes),
+    /// Send `command`, a read that only lets Redis run its own checks on the key (its type,
+    /// ACLs): if it fails the client gets that error, else `reply`. Used when the policy turned
+    /// a write into a no-op, so a wrong-type key is still reported as Redis would.
+    Probe { command: Vec<Bytes>, reply: Bytes },
     /// Refuse the command; nothing is sent to Redis.
     Reject(Rejection),
 }
@@ -442,7 +446,13 @@ impl Policy {
         };
         match stage.check(self, spec, argv, scratch, plan) {
             Ok(()) => Ok(()),
-            Err(sensitive_stage::Stop::Respond(reply)) => Err(Verdict::Respond(reply)),
+            Err(sensitive_stage::Stop::Respond(reply)) => match (spec.name, argv.get(1)) {
+                ("HSET" | "HMSET" | "HSETNX", Some(key)) => Err(Verdict::Probe {
+                    command: vec![Bytes::from_static(b"HLEN"), Bytes::copy_from_slice(key)],
+                    reply,
+                }),
+                _ => Err(Verdict::Respond(reply)),
+            },
             Err(sensitive_stage::Stop::Refuse(r)) => Err(self.refuse(scratch, r)),
         }
     }
