@@ -1703,10 +1703,14 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Writes as much as the socket takes now; the rest waits for writability.
-fn flush_upstream(up: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
+/// Writes as much of `out` as the socket takes now (`try_write`); the rest waits for
+/// writability. Shared by the client and upstream sockets and the shared connections.
+pub(crate) fn write_now(
+    out: &mut BytesMut,
+    mut try_write: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<()> {
     while !out.is_empty() {
-        match up.try_write(out) {
+        match try_write(out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => out.advance(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1717,17 +1721,12 @@ fn flush_upstream(up: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
     Ok(())
 }
 
+fn flush_upstream(up: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
+    write_now(out, |b| up.try_write(b))
+}
+
 fn flush_client(client: &OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
-    while !out.is_empty() {
-        match client.try_write(out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => out.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    shrink(out);
-    Ok(())
+    write_now(out, |b| client.try_write(b))
 }
 
 /// Gives back the memory of a buffer that a large frame grew, once it is empty.

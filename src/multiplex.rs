@@ -324,14 +324,5 @@ fn deliver(w: &Waiting, chunk: Bytes, max_buffered: usize) {
 }
 
 fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
-    use bytes::Buf;
-    while !out.is_empty() {
-        match w.try_write(out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => out.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::connection::write_now(out, |b| w.try_write(b))
 }

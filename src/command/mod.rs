@@ -705,7 +705,7 @@ fn bitfield_key_flags(argv: &Argv<'_>) -> u32 {
 }
 
 /// Redis's `string2ll`: optional '-', no '+', no leading zeros, no whitespace, no overflow.
-fn parse_i64(s: &[u8]) -> Option<i64> {
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
     let (negative, digits) = match s.split_first()? {
         (b'-', rest) => (true, rest),
         _ => (false, s),

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::codec::{self, Argv};
-use crate::command::{CommandSpec, TtlArgs};
+use crate::command::{parse_i64, CommandSpec, TtlArgs};
 
 use super::naming::show;
 use super::{Flow, NsId, Plan, Policy, PolicyAction, Refusal, Rule, Scratch};
@@ -214,31 +214,6 @@ fn expiry_option(token: &[u8]) -> Option<Unit> {
         Some(Unit::UnixMillis)
     } else {
         None
-    }
-}
-
-/// Redis's `string2ll`: optional '-', no '+', no leading zeros, no spaces, no overflow.
-fn parse_i64(s: &[u8]) -> Option<i64> {
-    let (neg, digits) = match s.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, s),
-    };
-    match digits {
-        [b'0'] if !neg => return Some(0),
-        [b'1'..=b'9', ..] => {}
-        _ => return None,
-    }
-    let mut v: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
-    }
-    if neg {
-        Some(v)
-    } else {
-        v.checked_neg()
     }
 }
 
