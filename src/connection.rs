@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -133,10 +133,52 @@ enum Special {
     Pubsub,
 }
 
-fn special(spec: Option<&'static CommandSpec>) -> Special {
+/// What the connection task needs to know about a command beyond its table row, derived
+/// once per row: these are asked for every command of every pipeline.
+#[derive(Clone, Copy, Debug)]
+struct Traits {
+    special: Special,
+    /// [`multiplex::shareable`].
+    shareable: bool,
+    /// Exempt from the read timeout: flagged blocking, or `WAIT`/`WAITAOF`, which wait for
+    /// replicas by design.
+    blocking: bool,
+}
+
+impl Traits {
+    fn of(spec: &'static CommandSpec) -> Traits {
+        Traits {
+            special: special_of(spec),
+            shareable: multiplex::shareable(Some(spec)),
+            blocking: spec.is(CMD_BLOCKING) || matches!(spec.name, "WAIT" | "WAITAOF"),
+        }
+    }
+}
+
+/// Unknown commands: nothing special, never shared, not blocking.
+const UNKNOWN_TRAITS: Traits = Traits {
+    special: Special::None,
+    shareable: false,
+    blocking: false,
+};
+
+fn traits(spec: Option<&'static CommandSpec>) -> Traits {
+    static TABLE: OnceLock<Box<[Traits]>> = OnceLock::new();
     let Some(spec) = spec else {
-        return Special::None;
+        return UNKNOWN_TRAITS;
     };
+    let table = TABLE.get_or_init(|| CommandSpec::all().map(Traits::of).collect());
+    match table.get(spec.index()) {
+        Some(t) => *t,
+        None => Traits::of(spec),
+    }
+}
+
+fn special(spec: Option<&'static CommandSpec>) -> Special {
+    traits(spec).special
+}
+
+fn special_of(spec: &'static CommandSpec) -> Special {
     match spec.name {
         "MULTI" => Special::Multi,
         "EXEC" => Special::Exec,
@@ -333,8 +375,11 @@ struct Run {
     cmd: Option<usize>,
     ns: NsId,
     outcome: Outcome,
-    total: Duration,
-    upstream: Option<Duration>,
+    /// When the run's commands arrived, went upstream and were answered: equal instants give
+    /// equal latencies, which are only computed when the run is flushed.
+    start: Instant,
+    sent: Option<Instant>,
+    done: Instant,
     n: u64,
     hits: u64,
     misses: u64,
@@ -874,7 +919,8 @@ impl Conn {
             }
             return true;
         }
-        if self.mux.is_some() && !multiplex::shareable(spec) {
+        let traits = traits(spec);
+        if self.mux.is_some() && !traits.shareable {
             if special(spec) == Special::Quit {
                 // Nothing to clean up on a shared connection: answer QUIT here.
                 self.scratch.namespace = NS_NONE;
@@ -946,10 +992,8 @@ impl Conn {
                 return true;
             }
         };
-        // WAIT and WAITAOF wait for replicas by design, like the flagged blocking commands.
-        let blocking =
-            spec.is_some_and(|s| s.is(CMD_BLOCKING) || matches!(s.name, "WAIT" | "WAITAOF"));
-        let kind = match special(spec) {
+        let blocking = traits.blocking;
+        let kind = match traits.special {
             Special::Multi => {
                 if self.multi.is_none() {
                     self.multi = Some(Vec::new());
@@ -1450,16 +1494,15 @@ impl Conn {
     /// after its reply. `reply` is the reply value when Redis sent one.
     fn record(&mut self, m: &Meta, outcome: Outcome, reply: Option<&[u8]>) {
         let now = self.now;
-        let total = now.saturating_duration_since(m.start);
-        let upstream = m.sent.map(|s| now.saturating_duration_since(s));
         // Commands of one pipelined batch finish with identical figures: count them as a run
         // and touch the shared counters once per run rather than once per command.
         let same = self.run.as_ref().is_some_and(|r| {
             r.cmd == m.cmd
                 && r.ns == m.ns
                 && r.outcome == outcome
-                && r.total == total
-                && r.upstream == upstream
+                && r.start == m.start
+                && r.sent == m.sent
+                && r.done == now
         });
         if same {
             if let Some(r) = self.run.as_mut() {
@@ -1471,8 +1514,9 @@ impl Conn {
                 cmd: m.cmd,
                 ns: m.ns,
                 outcome,
-                total,
-                upstream,
+                start: m.start,
+                sent: m.sent,
+                done: now,
                 n: 1,
                 hits: 0,
                 misses: 0,
@@ -1533,9 +1577,9 @@ impl Conn {
             t.command(r.cmd, r.ns, r.outcome, r.n);
             t.lookup(r.cmd, r.ns, metrics::Lookup::Hit, r.hits);
             t.lookup(r.cmd, r.ns, metrics::Lookup::Miss, r.misses);
-            self.shared
-                .metrics
-                .latency_n(r.cmd, r.total, r.upstream, r.n);
+            let total = r.done.saturating_duration_since(r.start);
+            let upstream = r.sent.map(|s| r.done.saturating_duration_since(s));
+            self.shared.metrics.latency_n(r.cmd, total, upstream, r.n);
         }
     }
 

@@ -91,6 +91,42 @@ fn skip_ws(doc: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// Offset of the first byte in `s` that ends a run of plain string content: a quote, a
+/// backslash or a control character.
+///
+/// Eight bytes at a time (SWAR): JSON strings are mostly short member names and values, where
+/// a call into `memchr` costs more in setup than the scan itself. The per-byte flags of the
+/// zero-byte trick are exact up to and including the lowest flagged byte, which is the one
+/// wanted.
+#[inline]
+fn string_stop(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for c in chunks.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let v = u64::from_le_bytes(w);
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let backslash = v ^ (ONES * u64::from(b'\\'));
+        let flags = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            // Bytes below 0x20 (bytes from 0x80 up are UTF-8 and never flagged).
+            | (v.wrapping_sub(ONES * 0x20) & !v);
+        let flags = flags & HIGH;
+        if flags != 0 {
+            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| base + i)
+}
+
 /// Scans the string starting with the quote at `pos`; returns the offset after the closing
 /// quote and whether the string contains escapes.
 #[inline]
@@ -98,18 +134,16 @@ fn string_end(doc: &[u8], pos: usize) -> Result<(usize, bool), Invalid> {
     let mut i = pos + 1;
     let mut escaped = false;
     loop {
-        // Jump to the next quote or backslash; the skipped bytes only need the control-char
-        // check (UTF-8 was validated up front).
         let rest = doc.get(i..).ok_or(Invalid::Syntax(i))?;
-        let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
+        let Some(off) = string_stop(rest) else {
             return Err(Invalid::Syntax(doc.len()));
         };
-        if rest[..off].iter().any(|&b| b < 0x20) {
-            return Err(Invalid::Syntax(i));
-        }
         i += off;
-        if doc[i] == b'"' {
-            return Ok((i + 1, escaped));
+        match doc[i] {
+            b'"' => return Ok((i + 1, escaped)),
+            b'\\' => {}
+            // A raw control character (RFC 8259 §7).
+            _ => return Err(Invalid::Syntax(i)),
         }
         escaped = true;
         match doc.get(i + 1) {
@@ -440,6 +474,35 @@ pub fn unescape(raw: &[u8], out: &mut Vec<u8>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_stop_finds_the_first_quote_backslash_or_control_byte() {
+        // Every length around the 8-byte chunking, every position of the stop byte, and
+        // bytes that sit next to the stop values (0x1f/0x20, 0x21/0x23, 0x5b/0x5d, 0x80+).
+        let fillers = [b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xc3, 0xff];
+        let stops = [b'"', b'\\', 0x00, 0x1f, b'\n'];
+        for len in 0..40 {
+            for &fill in &fillers {
+                let plain = vec![fill; len];
+                assert_eq!(string_stop(&plain), None, "len {len} fill {fill:#x}");
+                for at in 0..len {
+                    for &stop in &stops {
+                        let mut s = plain.clone();
+                        s[at] = stop;
+                        // A second stop later must not hide the first.
+                        if at + 3 < len {
+                            s[at + 3] = b'"';
+                        }
+                        assert_eq!(
+                            string_stop(&s),
+                            Some(at),
+                            "len {len} at {at} stop {stop:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Removes members named in `names` (exact, unescaped) and redacts string leaves equal
     /// to "secret".

@@ -300,6 +300,8 @@ impl Builder {
             let default = intern(default.into_iter().collect(), &mut states, &mut queue)?;
             // Literals that lead where any segment would are dropped: fewer to search.
             lits.retain(|(_, id)| *id != default);
+            // Searched by length first: most comparisons then end without a byte compare.
+            lits.sort_by(|(a, _), (b, _)| by_len_then_bytes(a, b));
             let accept = set
                 .iter()
                 .copied()
@@ -320,9 +322,15 @@ impl Builder {
     }
 }
 
+/// The order of a state's literals: by length, then bytes.
+#[inline]
+fn by_len_then_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Sorted by bytes, for binary search.
+    /// Sorted by [`by_len_then_bytes`], for binary search.
     lits: Box<[(Box<[u8]>, u32)]>,
     default: u32,
     accept: Option<NsId>,
@@ -365,7 +373,7 @@ impl Matcher {
             }
             if state != DEAD {
                 state = match self.states.get(state as usize) {
-                    Some(s) => match s.lits.binary_search_by(|(l, _)| l.as_ref().cmp(seg)) {
+                    Some(s) => match s.lits.binary_search_by(|(l, _)| by_len_then_bytes(l, seg)) {
                         Ok(i) => s.lits[i].1,
                         Err(_) => s.default,
                     },

@@ -186,6 +186,30 @@ impl ByteSet {
     }
 }
 
+/// A 1024-bit filter over (length, first byte, last byte) of the normalized names. Document
+/// member names share first and last letters with configured names often (`status` and
+/// `ssn`, `email` and `cvl`); with the length they rarely do, and a name that fails here
+/// costs no normalization and no search.
+#[derive(Clone, Default)]
+struct ShapeFilter([u64; 16]);
+
+impl ShapeFilter {
+    #[inline]
+    fn slot(len: usize, first: u8, last: u8) -> usize {
+        (len.wrapping_mul(131) ^ usize::from(first).wrapping_mul(31) ^ usize::from(last) << 3)
+            & 1023
+    }
+    fn insert(&mut self, len: usize, first: u8, last: u8) {
+        let i = Self::slot(len, first, last);
+        self.0[i >> 6] |= 1 << (i & 63);
+    }
+    #[inline]
+    fn contains(&self, len: usize, first: u8, last: u8) -> bool {
+        let i = Self::slot(len, first, last);
+        self.0[i >> 6] & (1 << (i & 63)) != 0
+    }
+}
+
 /// Compiled rules for one namespace (or the default). Cloning shares them.
 #[derive(Clone, Default)]
 pub struct SensitiveRules {
@@ -202,6 +226,7 @@ struct Inner {
     /// First and last byte of every normalized name.
     first: ByteSet,
     last: ByteSet,
+    shape: ShapeFilter,
     max_normalized: usize,
     action: SensitiveAction,
     card: Option<FieldId>,
@@ -331,12 +356,14 @@ impl SensitiveRules {
         }
         let mut first = ByteSet::default();
         let mut last = ByteSet::default();
+        let mut shape = ShapeFilter::default();
         let mut max_normalized = 0;
         let mut sorted = Vec::with_capacity(normalized.len());
         for (i, norm) in normalized.into_iter().enumerate() {
             if let (Some(&a), Some(&b)) = (norm.first(), norm.last()) {
                 first.insert(a);
                 last.insert(b);
+                shape.insert(norm.len(), a, b);
             }
             max_normalized = max_normalized.max(norm.len());
             sorted.push((
@@ -352,6 +379,7 @@ impl SensitiveRules {
                 normalized: sorted,
                 first,
                 last,
+                shape,
                 max_normalized,
                 action,
                 card,
@@ -446,11 +474,16 @@ impl SensitiveRules {
             return None;
         }
         if !escaped {
-            // Most names fail on their first or last character; skip normalizing those.
+            // Most names fail on their first or last character or their length; skip
+            // normalizing those.
             let mut sig = raw.iter().filter(|&&b| !is_separator(b));
             let first = sig.next()?.to_ascii_lowercase();
-            let last = sig.next_back().map_or(first, u8::to_ascii_lowercase);
-            if !i.first.contains(first) || !i.last.contains(last) {
+            if !i.first.contains(first) {
+                return None;
+            }
+            let (len, last) = sig.fold((1, first), |(n, _), &b| (n + 1, b));
+            let last = last.to_ascii_lowercase();
+            if !i.last.contains(last) || !i.shape.contains(len, first, last) {
                 return None;
             }
         }
