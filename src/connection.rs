@@ -549,6 +549,9 @@ impl Conn {
     ) -> Result<(), ConnError> {
         let (mut crd, cwr) = client.into_split();
         let mut draining = *shutdown.borrow() != crate::listener::ShutdownPhase::Running;
+        // Kept across iterations: a fresh `changed()` per wakeup would register with and
+        // leave the shutdown signal's waiter list every time.
+        let mut phase = std::pin::pin!(next_phase(shutdown.clone()));
         let mut client_eof = false;
         loop {
             // Metrics are current whenever the task waits.
@@ -672,8 +675,10 @@ impl Conn {
                     }
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
                 }
-                r = shutdown.changed() => {
-                    if r.is_err() || *shutdown.borrow() == crate::listener::ShutdownPhase::Abort {
+                (r, rx) = &mut phase => {
+                    let now = *rx.borrow();
+                    phase.set(next_phase(rx));
+                    if r.is_err() || now == crate::listener::ShutdownPhase::Abort {
                         // The grace period is over.
                         return Ok(());
                     }
@@ -1738,6 +1743,17 @@ fn encode(args: &[&[u8]]) -> BytesMut {
     let mut b = BytesMut::new();
     codec::encode_command(&mut b, args.iter().copied());
     b
+}
+
+/// Waits for the next shutdown phase change; hands the receiver back to wait again.
+async fn next_phase(
+    mut rx: watch::Receiver<crate::listener::ShutdownPhase>,
+) -> (
+    Result<(), watch::error::RecvError>,
+    watch::Receiver<crate::listener::ShutdownPhase>,
+) {
+    let r = rx.changed().await;
+    (r, rx)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
