@@ -180,6 +180,9 @@ pub const TTL_ACTIONS: [&str; 4] = ["added", "clamped", "raised", "refused"];
 /// Per-namespace handles for one policy generation. Namespace ids index `names`; a reload
 /// builds a new table, and registering the same label set again yields the same series, so
 /// counts continue across reloads.
+/// Sensitive-field counters of one (namespace, action), by field label.
+type FieldCounters = HashMap<String, Counter>;
+
 pub struct NsTable {
     recorder: Arc<PrometheusRecorder>,
     /// Configured namespace names, then `_unmatched`, then `_none`.
@@ -187,7 +190,9 @@ pub struct NsTable {
     cells: Vec<OnceLock<CellHandles>>,
     ttl: Vec<OnceLock<[Counter; 4]>>,
     rejections: Mutex<HashMap<(usize, &'static str), Counter>>,
-    sensitive: Mutex<HashMap<(usize, String, &'static str), Counter>>,
+    /// By (namespace slot, action), then field: the field is looked up as `&str`, so a hit
+    /// (every stripped value counts one) allocates nothing.
+    sensitive: Mutex<HashMap<(usize, &'static str), FieldCounters>>,
 }
 
 impl NsTable {
@@ -310,21 +315,24 @@ impl NsTable {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        map.entry((slot, field.to_string(), action))
-            .or_insert_with(|| {
-                self.recorder.register_counter(
-                    &Key::from_parts(
-                        "respguard_sensitive_fields_total",
-                        vec![
-                            Label::new("namespace", self.names[slot].clone()),
-                            Label::new("field", field.to_string()),
-                            Label::new("action", action),
-                        ],
-                    ),
-                    &META,
-                )
-            })
-            .increment(1);
+        let fields = map.entry((slot, action)).or_default();
+        if let Some(c) = fields.get(field) {
+            c.increment(1);
+            return;
+        }
+        let c = self.recorder.register_counter(
+            &Key::from_parts(
+                "respguard_sensitive_fields_total",
+                vec![
+                    Label::new("namespace", self.names[slot].clone()),
+                    Label::new("field", field.to_string()),
+                    Label::new("action", action),
+                ],
+            ),
+            &META,
+        );
+        c.increment(1);
+        fields.insert(field.to_string(), c);
     }
 }
 

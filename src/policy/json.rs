@@ -98,7 +98,7 @@ fn skip_ws(doc: &[u8], mut pos: usize) -> usize {
 /// a call into `memchr` costs more in setup than the scan itself. The per-byte flags of the
 /// zero-byte trick are exact up to and including the lowest flagged byte, which is the one
 /// wanted.
-#[inline]
+#[inline(always)]
 fn string_stop(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -129,7 +129,7 @@ fn string_stop(s: &[u8]) -> Option<usize> {
 
 /// Scans the string starting with the quote at `pos`; returns the offset after the closing
 /// quote and whether the string contains escapes.
-#[inline]
+#[inline(always)]
 fn string_end(doc: &[u8], pos: usize) -> Result<(usize, bool), Invalid> {
     let mut i = pos + 1;
     let mut escaped = false;
