@@ -596,10 +596,11 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         // (scripts/bench, README); more only help a proxy with cores of its own.
         None => 1,
     };
-    // One per runtime thread. More connections per thread only split the batches: Redis then
-    // reads and writes more often for the same commands (GET -P 1 through the proxy measured
-    // 0.87x direct with 2 connections on one thread, 1.08x with 1; see README, Performance).
-    let shared_connections = shared_connections.unwrap_or(workers);
+    // One per runtime thread (at most 64, as for an explicit value). More connections per
+    // thread only split the batches: Redis then reads and writes more often for the same
+    // commands (GET -P 1 through the proxy measured 0.87x direct with 2 connections on one
+    // thread, 1.08x with 1; see README, Performance).
+    let shared_connections = shared_connections.unwrap_or(workers.min(64));
 
     let policy = raw.policy.map(|rp| crate::policy::validate(rp, &mut p));
 

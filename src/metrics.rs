@@ -174,15 +174,15 @@ pub enum Lookup {
     Miss,
 }
 
+/// Sensitive-field counters of one (namespace, action), by field label.
+type FieldCounters = HashMap<String, Counter>;
+
 /// Label values of `respguard_ttl_enforced_total{action}`.
 pub const TTL_ACTIONS: [&str; 4] = ["added", "clamped", "raised", "refused"];
 
 /// Per-namespace handles for one policy generation. Namespace ids index `names`; a reload
 /// builds a new table, and registering the same label set again yields the same series, so
 /// counts continue across reloads.
-/// Sensitive-field counters of one (namespace, action), by field label.
-type FieldCounters = HashMap<String, Counter>;
-
 pub struct NsTable {
     recorder: Arc<PrometheusRecorder>,
     /// Configured namespace names, then `_unmatched`, then `_none`.
