@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bulk, bulk_array, encode_many, Raw, RedisServer};
+use common::{bulk, bulk_array, encode_many};
 use respguard::policy::json::{self, Leaf, Visitor};
 use respguard::policy::pattern::{self, KeyMatch, Segment};
 use respguard::policy::sensitive::{SensitiveAction, SensitiveRules};
@@ -317,19 +317,10 @@ policy:
       ttl: { default: 6h, min: 6h, max: 6h }
 "#;
 
-struct Env {
-    redis: RedisServer,
-    proxy: respguard::Proxy,
-    c: Raw,
-    d: Raw,
-}
+type Env = common::PolicyEnv;
 
 async fn env_with(yaml: &str) -> Env {
-    let redis = RedisServer::start();
-    let proxy = common::proxy(yaml, &redis.url()).await;
-    let c = common::raw_proxy(&proxy).await;
-    let d = redis.raw().await;
-    Env { redis, proxy, c, d }
+    common::policy_env(yaml).await
 }
 
 /// Sensitive members whose spelling differs from the configured one only in case and

@@ -6,8 +6,6 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Raw, RedisServer};
-
 const POLICY: &str = r#"
 policy:
   unknown_keys: reject
@@ -53,24 +51,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Env {
-    redis: RedisServer,
-    _proxy: respguard::Proxy,
-    c: Raw,
-    d: Raw,
-}
+type Env = common::PolicyEnv;
 
 async fn env_with(yaml: &str) -> Env {
-    let redis = RedisServer::start();
-    let proxy = common::proxy(yaml, &redis.url()).await;
-    let c = common::raw_proxy(&proxy).await;
-    let d = redis.raw().await;
-    Env {
-        redis,
-        _proxy: proxy,
-        c,
-        d,
-    }
+    common::policy_env(yaml).await
 }
 
 async fn env() -> Env {

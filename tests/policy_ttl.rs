@@ -9,8 +9,6 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Raw, RedisServer};
-
 const POLICY: &str = r#"
 policy:
   namespaces:
@@ -42,24 +40,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Env {
-    _redis: RedisServer,
-    _proxy: respguard::Proxy,
-    c: Raw,
-    d: Raw,
-}
+type Env = common::PolicyEnv;
 
 async fn env() -> Env {
-    let redis = RedisServer::start();
-    let proxy = common::proxy(POLICY, &redis.url()).await;
-    let c = Raw::connect(proxy.local_addr).await;
-    let d = Raw::connect(format!("127.0.0.1:{}", redis.port).parse().expect("addr")).await;
-    Env {
-        _redis: redis,
-        _proxy: proxy,
-        c,
-        d,
-    }
+    common::policy_env(POLICY).await
 }
 
 impl Env {

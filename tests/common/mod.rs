@@ -250,6 +250,23 @@ pub async fn raw_proxy(p: &Proxy) -> Raw {
     Raw::connect(p.local_addr).await
 }
 
+/// A real Redis with respguard in front of it (configured by `yaml`) and a raw connection to
+/// each: `c` through the proxy (what the client sees), `d` straight to Redis (what was stored).
+pub struct PolicyEnv {
+    pub redis: RedisServer,
+    pub proxy: Proxy,
+    pub c: Raw,
+    pub d: Raw,
+}
+
+pub async fn policy_env(yaml: &str) -> PolicyEnv {
+    let redis = RedisServer::start();
+    let proxy = proxy(yaml, &redis.url()).await;
+    let c = raw_proxy(&proxy).await;
+    let d = redis.raw().await;
+    PolicyEnv { redis, proxy, c, d }
+}
+
 /// A RESP2 bulk string frame.
 pub fn bulk(b: &[u8]) -> Vec<u8> {
     let mut v = format!("${}\r\n", b.len()).into_bytes();
