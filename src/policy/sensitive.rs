@@ -568,7 +568,7 @@ impl SensitiveRules {
     /// The field-name prefilter described in the module documentation.
     fn may_contain_field(&self, doc: &[u8]) -> bool {
         let r = &*self.inner;
-        for colon in memchr::memchr_iter(b':', doc) {
+        for colon in Positions::new(doc, b':') {
             // 1. The closing quote of a member name precedes its colon, up to whitespace.
             let mut close = colon;
             while close > 0 && matches!(doc[close - 1], b' ' | b'\t' | b'\n' | b'\r') {
@@ -661,6 +661,72 @@ impl SensitiveRules {
             p = b + STRIDE;
         }
         None
+    }
+}
+
+/// Offsets of every `needle` byte in `hay`, eight bytes at a time. A document has a colon every
+/// few dozen bytes; `memchr_iter` pays a call and a vector setup per hit, which made up 40% of
+/// the clean-document prefilter. The per-byte test is exact (no carry crosses bytes), so every
+/// set bit is a hit.
+struct Positions<'a> {
+    hay: &'a [u8],
+    needle: u8,
+    /// Offset of the word in `mask`.
+    base: usize,
+    /// High bit set in each byte of the current word that equals `needle`.
+    mask: u64,
+}
+
+impl<'a> Positions<'a> {
+    fn new(hay: &'a [u8], needle: u8) -> Self {
+        let mut p = Positions {
+            hay,
+            needle,
+            base: 0,
+            mask: 0,
+        };
+        p.mask = p.word_mask(0);
+        p
+    }
+
+    #[inline]
+    fn word_mask(&self, at: usize) -> u64 {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let (word, valid) = match self.hay.get(at..at + 8) {
+            Some(c) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                (u64::from_le_bytes(w), u64::MAX)
+            }
+            None => {
+                // The last, partial word: padding compares as zero bytes, masked off below.
+                let tail = self.hay.get(at..).unwrap_or_default();
+                let mut w = [0u8; 8];
+                w[..tail.len()].copy_from_slice(tail);
+                (u64::from_le_bytes(w), (1u64 << (8 * tail.len())) - 1)
+            }
+        };
+        let x = word ^ (0x0101_0101_0101_0101 * u64::from(self.needle));
+        // High bit of a byte set iff the byte of `x` is zero, i.e. equals the needle.
+        !(((x & LOW7) + LOW7) | x | LOW7) & valid
+    }
+}
+
+impl Iterator for Positions<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += 8;
+            if self.base >= self.hay.len() {
+                return None;
+            }
+            self.mask = self.word_mask(self.base);
+        }
+        let i = self.base + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
     }
 }
 
@@ -1388,6 +1454,33 @@ fn dispatch<'r>(st: &mut Stage<'_, '_, 'r>, command: &str) -> Result<Option<Stag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_finds_every_needle_and_nothing_else() {
+        // Lengths around the 8-byte words; bytes next to the needle's value and with the high
+        // bit set, where a carrying zero-byte test would report false hits.
+        let fill = [b':' ^ 0x80, b':' + 1, b':' - 1, 0x00, 0xff, b'a'];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..40 {
+            for round in 0..200 {
+                let hay: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        if (state >> 3) % 4 == 0 {
+                            b':'
+                        } else {
+                            fill[(state >> 8) as usize % fill.len()]
+                        }
+                    })
+                    .collect();
+                let want: Vec<usize> = (0..len).filter(|&i| hay[i] == b':').collect();
+                let got: Vec<usize> = Positions::new(&hay, b':').collect();
+                assert_eq!(got, want, "len {len} round {round} {hay:?}");
+            }
+        }
+    }
 
     const FIELDS: &[&str] = &[
         "password",
