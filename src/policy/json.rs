@@ -91,40 +91,67 @@ fn skip_ws(doc: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// Word-at-a-time (SWAR) byte tests, shared by the string scan here and the sensitive-name
+/// prefilter: JSON strings and colons come every few bytes, where a call into `memchr` costs
+/// more in setup than the scan itself. Every mask below is exact per byte (no carry crosses
+/// bytes), so each set high bit is a hit.
+pub(super) mod swar {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+    /// Eight bytes as a little-endian word.
+    #[inline(always)]
+    pub fn word(c: &[u8; 8]) -> u64 {
+        u64::from_le_bytes(*c)
+    }
+
+    /// The eight bytes of `s` from `at` as a word, zero-padded past the end, and the mask of
+    /// the high bits of the bytes that are really there.
+    #[inline(always)]
+    pub fn load(s: &[u8], at: usize) -> (u64, u64) {
+        if let Some(c) = s.get(at..at + 8).and_then(|c| <&[u8; 8]>::try_from(c).ok()) {
+            return (word(c), ONES << 7);
+        }
+        let tail = s.get(at..).unwrap_or_default();
+        let mut w = [0u8; 8];
+        w[..tail.len()].copy_from_slice(tail);
+        (word(&w), (ONES << 7) & ((1u64 << (8 * tail.len())) - 1))
+    }
+
+    /// High bit set in each byte of `v` equal to `b`.
+    #[inline(always)]
+    pub fn eq(v: u64, b: u8) -> u64 {
+        let x = v ^ (ONES * u64::from(b));
+        !(((x & LOW7) + LOW7) | x | LOW7)
+    }
+
+    /// High bit set in each byte of `v` below `n` (`n` at most 0x80).
+    #[inline(always)]
+    pub fn lt(v: u64, n: u8) -> u64 {
+        !(((v & LOW7) + ONES * u64::from(0x80 - n)) | v | LOW7)
+    }
+}
+
 /// Offset of the first byte in `s` that ends a run of plain string content: a quote, a
-/// backslash or a control character.
-///
-/// Eight bytes at a time (SWAR): JSON strings are mostly short member names and values, where
-/// a call into `memchr` costs more in setup than the scan itself. The per-byte flags of the
-/// zero-byte trick are exact up to and including the lowest flagged byte, which is the one
-/// wanted.
+/// backslash or a control character (bytes from 0x80 up are UTF-8 and never stop it).
 #[inline(always)]
 fn string_stop(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
+    #[inline(always)]
+    fn stops(v: u64) -> u64 {
+        swar::eq(v, b'"') | swar::eq(v, b'\\') | swar::lt(v, 0x20)
+    }
     let mut chunks = s.chunks_exact(8);
     let mut base = 0;
     for c in chunks.by_ref() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let v = u64::from_le_bytes(w);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        let flags = (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            // Bytes below 0x20 (bytes from 0x80 up are UTF-8 and never flagged).
-            | (v.wrapping_sub(ONES * 0x20) & !v);
-        let flags = flags & HIGH;
-        if flags != 0 {
-            return Some(base + (flags.trailing_zeros() / 8) as usize);
+        let hits = <&[u8; 8]>::try_from(c).map_or(0, |c| stops(swar::word(c)));
+        if hits != 0 {
+            return Some(base + (hits.trailing_zeros() / 8) as usize);
         }
         base += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| base + i)
+    let (v, real) = swar::load(s, base);
+    let hits = stops(v) & real;
+    (hits != 0).then(|| base + (hits.trailing_zeros() / 8) as usize)
 }
 
 /// Scans the string starting with the quote at `pos`; returns the offset after the closing
