@@ -172,26 +172,38 @@ pub struct Finding {
     pub detector: Option<Detector>,
 }
 
-/// A 256-bit byte set.
-#[derive(Clone, Copy, Default)]
-struct ByteSet([u64; 4]);
+/// A set of small integers, `64 * W` bits.
+#[derive(Clone, Copy)]
+struct Bits<const W: usize>([u64; W]);
 
-impl ByteSet {
-    fn insert(&mut self, b: u8) {
-        self.0[usize::from(b >> 6)] |= 1 << (b & 63);
-    }
-    #[inline]
-    fn contains(&self, b: u8) -> bool {
-        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+impl<const W: usize> Default for Bits<W> {
+    fn default() -> Self {
+        Bits([0; W])
     }
 }
+
+impl<const W: usize> Bits<W> {
+    /// `i` must be below `64 * W`.
+    fn insert(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i >> 6) {
+            *w |= 1 << (i & 63);
+        }
+    }
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i >> 6).is_some_and(|w| w & (1 << (i & 63)) != 0)
+    }
+}
+
+/// Bytes, as a 256-bit set.
+type ByteSet = Bits<4>;
 
 /// A 1024-bit filter over (length, first byte, last byte) of the normalized names. Document
 /// member names share first and last letters with configured names often (`status` and
 /// `ssn`, `email` and `cvl`); with the length they rarely do, and a name that fails here
 /// costs no normalization and no search.
 #[derive(Clone, Default)]
-struct ShapeFilter([u64; 16]);
+struct ShapeFilter(Bits<16>);
 
 impl ShapeFilter {
     #[inline]
@@ -200,13 +212,11 @@ impl ShapeFilter {
             & 1023
     }
     fn insert(&mut self, len: usize, first: u8, last: u8) {
-        let i = Self::slot(len, first, last);
-        self.0[i >> 6] |= 1 << (i & 63);
+        self.0.insert(Self::slot(len, first, last));
     }
     #[inline]
     fn contains(&self, len: usize, first: u8, last: u8) -> bool {
-        let i = Self::slot(len, first, last);
-        self.0[i >> 6] & (1 << (i & 63)) != 0
+        self.0.contains(Self::slot(len, first, last))
     }
 }
 
@@ -361,8 +371,8 @@ impl SensitiveRules {
         let mut sorted = Vec::with_capacity(normalized.len());
         for (i, norm) in normalized.into_iter().enumerate() {
             if let (Some(&a), Some(&b)) = (norm.first(), norm.last()) {
-                first.insert(a);
-                last.insert(b);
+                first.insert(usize::from(a));
+                last.insert(usize::from(b));
                 shape.insert(norm.len(), a, b);
             }
             max_normalized = max_normalized.max(norm.len());
@@ -478,12 +488,12 @@ impl SensitiveRules {
             // normalizing those.
             let mut sig = raw.iter().filter(|&&b| !is_separator(b));
             let first = sig.next()?.to_ascii_lowercase();
-            if !i.first.contains(first) {
+            if !i.first.contains(usize::from(first)) {
                 return None;
             }
             let (len, last) = sig.fold((1, first), |(n, _), &b| (n + 1, b));
             let last = last.to_ascii_lowercase();
-            if !i.last.contains(last) || !i.shape.contains(len, first, last) {
+            if !i.last.contains(usize::from(last)) || !i.shape.contains(len, first, last) {
                 return None;
             }
         }
@@ -587,7 +597,11 @@ impl SensitiveRules {
                 continue;
             }
             let ends_escape = (k >= 2 && doc[k - 2] == b'\\') || (k >= 6 && doc[k - 6] == b'\\');
-            if !ends_escape && !r.last.contains(doc[k - 1].to_ascii_lowercase()) {
+            if !ends_escape
+                && !r
+                    .last
+                    .contains(usize::from(doc[k - 1].to_ascii_lowercase()))
+            {
                 continue;
             }
             // 3. The name runs from the nearest quote before (names are short: a plain loop
