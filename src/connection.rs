@@ -174,10 +174,6 @@ fn traits(spec: Option<&'static CommandSpec>) -> Traits {
     }
 }
 
-fn special(spec: Option<&'static CommandSpec>) -> Special {
-    traits(spec).special
-}
-
 fn special_of(spec: &'static CommandSpec) -> Special {
     match spec.name {
         "MULTI" => Special::Multi,
@@ -914,19 +910,19 @@ impl Conn {
             }
         };
         let cmd = spec.map(|s| s.index());
+        let traits = traits(spec);
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
             self.uout.extend_from_slice(raw);
-            if special(spec) == Special::Reset {
+            if traits.special == Special::Reset {
                 // Pairing resumes after `+RESET`: restore the proxy's authentication and
                 // database, which RESET drops.
                 self.send_handshake(start);
             }
             return true;
         }
-        let traits = traits(spec);
         if self.mux.is_some() && !traits.shareable {
-            if special(spec) == Special::Quit {
+            if traits.special == Special::Quit {
                 // Nothing to clean up on a shared connection: answer QUIT here.
                 self.scratch.namespace = NS_NONE;
                 self.scratch.clear();
