@@ -149,13 +149,14 @@ impl Traits {
     fn of(spec: &'static CommandSpec) -> Traits {
         Traits {
             special: special_of(spec),
-            shareable: multiplex::shareable(Some(spec)),
+            shareable: multiplex::shareable(spec),
             blocking: spec.is(CMD_BLOCKING) || matches!(spec.name, "WAIT" | "WAITAOF"),
         }
     }
 }
 
-/// Unknown commands: nothing special, never shared, not blocking.
+/// Unknown commands: nothing special, not blocking, and never shared (what they do to the
+/// connection cannot be known).
 const UNKNOWN_TRAITS: Traits = Traits {
     special: Special::None,
     shareable: false,

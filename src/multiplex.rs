@@ -31,13 +31,11 @@ use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
 ///
 /// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
 /// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
-/// `WAIT` (it waits on the connection's own writes), `DEBUG`, and unknown commands (their
-/// effect cannot be known). `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless
-/// and allowed. (`PING` behaves differently only in subscribe mode or RESP3, and both pin.)
-pub fn shareable(spec: Option<&'static CommandSpec>) -> bool {
-    let Some(spec) = spec else {
-        return false;
-    };
+/// `WAIT` (it waits on the connection's own writes) and `DEBUG`. Unknown commands are never
+/// shared either (their effect cannot be known; see the connection's command traits).
+/// `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed. (`PING`
+/// behaves differently only in subscribe mode or RESP3, and both pin.)
+pub fn shareable(spec: &CommandSpec) -> bool {
     match spec.name {
         // Stateless despite their categories: clients ping on connect and as health checks.
         "PUBLISH" | "SPUBLISH" | "PING" | "ECHO" => return true,
