@@ -132,13 +132,23 @@ pub enum Request {
     Skip { len: usize },
 }
 
+/// Lines this short are searched byte by byte; see [`find_crlf`].
+const SHORT_LINE: usize = 16;
+
 /// Finds a CRLF-terminated line starting at `from`; returns the index of the `\r`.
 #[inline]
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     let mut off = 0;
     loop {
-        let i = memchr::memchr(b'\r', rest.get(off..)?)?;
+        let window = rest.get(off..)?;
+        // Header lines (`*3`, `$12`) are a few bytes: looking at the first bytes directly
+        // beats the setup of a `memchr` call, which only pays off on long lines.
+        let i = match window.iter().take(SHORT_LINE).position(|&b| b == b'\r') {
+            Some(i) => i,
+            None if window.len() <= SHORT_LINE => return None,
+            None => SHORT_LINE + memchr::memchr(b'\r', window.get(SHORT_LINE..)?)?,
+        };
         let at = off + i;
         match rest.get(at + 1) {
             Some(b'\n') => return Some(from + at),
@@ -565,6 +575,32 @@ mod tests {
     fn split(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         let mut out = Vec::new();
         split_inline_args(line, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn find_crlf_agrees_with_a_naive_search_around_the_short_line_window() {
+        fn naive(buf: &[u8], from: usize) -> Option<usize> {
+            (from..buf.len().saturating_sub(1)).find(|&i| buf[i] == b'\r' && buf[i + 1] == b'\n')
+        }
+        // Every placement of a lone CR, a CRLF and a trailing CR around the 16-byte window.
+        for len in 0..40 {
+            for cr in 0..=len {
+                for crlf in 0..=len {
+                    let mut buf = vec![b'x'; len + 2];
+                    buf[cr] = b'\r';
+                    if crlf + 1 < buf.len() {
+                        buf[crlf] = b'\r';
+                        buf[crlf + 1] = b'\n';
+                    }
+                    for cut in [buf.len(), buf.len() - 1, cr + 1] {
+                        let b = &buf[..cut.min(buf.len())];
+                        for from in [0, 1, 3] {
+                            assert_eq!(find_crlf(b, from), naive(b, from), "{b:?} from {from}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

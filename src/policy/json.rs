@@ -299,7 +299,9 @@ pub fn scan(
         return Err(Invalid::Utf8);
     }
     let first_edit = edits.len();
-    let mut stack = [Frame::default(); MAX_DEPTH];
+    // Grown as containers open: zeroing all MAX_DEPTH frames up front cost more than
+    // scanning a small document.
+    let mut stack: Vec<Frame> = Vec::with_capacity(8);
     let mut depth = 0usize;
     // Depth (1-based) of the object whose current member is being removed; 0 when none.
     // Inside that member no callbacks run: the whole subtree is going away.
@@ -316,10 +318,11 @@ pub fn scan(
                     return Err(Invalid::TooDeep);
                 }
                 let object = open == b'{';
-                stack[depth] = Frame {
+                stack.truncate(depth);
+                stack.push(Frame {
                     object,
                     ..Frame::default()
-                };
+                });
                 depth += 1;
                 pos = skip_ws(doc, pos + 1);
                 let close = if object { b'}' } else { b']' };

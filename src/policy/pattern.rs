@@ -357,17 +357,15 @@ impl Default for Matcher {
 }
 
 impl Matcher {
-    /// The namespace of `key`. Allocation-free: one pass over the segments (memchr for ':'),
-    /// one binary search per segment until no pattern can match, then only the empty-segment
-    /// check continues.
+    /// The namespace of `key`. Allocation-free: one pass over the segments, one binary search
+    /// per segment until no pattern can match, then only the empty-segment check continues.
     pub fn find(&self, key: &[u8]) -> KeyMatch {
         let mut state = 0u32;
-        let mut rest = key;
-        loop {
-            let (seg, next) = match memchr::memchr(b':', rest) {
-                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                None => (rest, None),
-            };
+        let mut start = 0;
+        // Keys are a few dozen bytes: a plain loop beats a `memchr` call (and its setup) per
+        // segment.
+        for end in (0..=key.len()).filter(|&i| key.get(i).is_none_or(|&b| b == b':')) {
+            let seg = key.get(start..end).unwrap_or_default();
             if seg.is_empty() {
                 return KeyMatch::EmptySegment;
             }
@@ -380,10 +378,7 @@ impl Matcher {
                     None => DEAD,
                 };
             }
-            match next {
-                Some(n) => rest = n,
-                None => break,
-            }
+            start = end + 1;
         }
         match self.states.get(state as usize).and_then(|s| s.accept) {
             Some(ns) => KeyMatch::Namespace(ns),

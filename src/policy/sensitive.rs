@@ -484,8 +484,13 @@ impl SensitiveRules {
             return None;
         }
         if !escaped {
-            // Most names fail on their first or last character or their length; skip
-            // normalizing those.
+            // Most names fail on their last byte: test it before walking the name.
+            if let Some(&b) = raw.last() {
+                if !is_separator(b) && !i.last.contains(usize::from(b.to_ascii_lowercase())) {
+                    return None;
+                }
+            }
+            // Then on their first character or their length; skip normalizing those.
             let mut sig = raw.iter().filter(|&&b| !is_separator(b));
             let first = sig.next()?.to_ascii_lowercase();
             if !i.first.contains(usize::from(first)) {
