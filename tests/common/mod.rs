@@ -20,6 +20,31 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Whether process `pid` holds the listening socket on loopback `port` (Linux: the socket
+/// inode listed for the port in /proc/net/tcp is one of the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode: LISTEN is state 0A.
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 /// A `redis-server` child process, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -34,10 +59,26 @@ impl RedisServer {
 
     /// Starts redis-server with extra `--option value` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        Self::start_on(free_port(), extra)
+        // A port from `free_port` is free only until someone takes it: another test's Redis
+        // (whose PONG would then be taken for ours, and whose keys would mix with ours) or an
+        // outgoing connection's source port. A server that is not ours is retried elsewhere.
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start_on(free_port(), extra) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
+    /// Starts redis-server on `port` (for tests that restart it where it was).
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        Self::try_start_on(port, extra).unwrap_or_else(|| {
+            panic!("redis-server did not start on port {port} (taken by another process?)")
+        })
+    }
+
+    /// `None` when the server exited (the port was taken) or another process answers there.
+    fn try_start_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
         let dir =
             std::env::temp_dir().join(format!("respguard-test-{}-{}", std::process::id(), port));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -58,14 +99,19 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (run scripts/ensure-redis)");
-        let server = RedisServer { port, child, dir };
-        server.wait_ready();
-        server
+        // Dropped (killed, directory removed) unless it is returned.
+        let mut server = RedisServer { port, child, dir };
+        (server.wait_ready() && listens(server.child.id(), port)).then_some(server)
     }
 
-    fn wait_ready(&self) {
+    /// Waits until something answers PING on the port; false if our child exited first or
+    /// nothing answered within 10 s.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -73,14 +119,14 @@ impl RedisServer {
                     let mut b = [0u8; 64];
                     if let Ok(n) = s.read(&mut b) {
                         if b[..n].starts_with(b"+PONG") || b[..n].starts_with(b"-NOAUTH") {
-                            return;
+                            return true;
                         }
                     }
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        false
     }
 
     pub fn url(&self) -> String {
