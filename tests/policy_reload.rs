@@ -1,35 +1,21 @@
-//! Policy reload without restart (issue 3), with the real `respguard` binary: a changed file is
-//! picked up within seconds, both edited in place and swapped the way Kubernetes updates a
-//! mounted ConfigMap (the `..data` symlink); an invalid file keeps the old policy in force,
+//! Reloading the configuration without a restart, with the real `respguard` binary: a changed
+//! file is picked up within seconds, both edited in place and swapped the way Kubernetes updates
+//! a mounted ConfigMap (the `..data` symlink); an invalid file keeps the old policy in force,
 //! logs every problem and counts `respguard_config_reloads_total{result="error"}`; SIGHUP
-//! reloads too.
+//! reloads too; `max_clients` and the request limits follow the reloaded file for connections
+//! accepted after it.
 
+#[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use common::{free_port, http_get, metric, Raw, RedisServer};
+use common::{bulk, metric, Launch, Raw, RedisServer, Respguard, TempDir};
 
-/// The binary under test, killed on drop.
-struct Respguard {
-    child: Child,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    stderr: PathBuf,
-}
-
-impl Drop for Respguard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn yaml(listen: u16, admin: u16, redis: u16, namespaces: &[&str]) -> String {
+fn yaml(redis: u16, namespaces: &[&str]) -> String {
     let mut s = format!(
-        "listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nupstream:\n  url: redis://127.0.0.1:{redis}\n  connect_timeout: 1s\npolicy:\n  unknown_keys: reject\n  namespaces:\n"
+        "upstream:\n  url: redis://127.0.0.1:{redis}\n  connect_timeout: 1s\npolicy:\n  unknown_keys: reject\n  namespaces:\n"
     );
     for ns in namespaces {
         s.push_str(&format!(
@@ -39,37 +25,8 @@ fn yaml(listen: u16, admin: u16, redis: u16, namespaces: &[&str]) -> String {
     s
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("respguard-reload-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-async fn start(config: &Path, listen: u16, admin: u16, dir: &Path) -> Respguard {
-    let stderr = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_respguard"))
-        .arg("--config")
-        .arg(config)
-        .env("RESPGUARD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-        .spawn()
-        .expect("start respguard");
-    let rg = Respguard {
-        child,
-        listen: format!("127.0.0.1:{listen}").parse().expect("addr"),
-        admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
-        stderr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(rg.admin).await.is_err()
-        || tokio::net::TcpStream::connect(rg.listen).await.is_err()
-    {
-        assert!(Instant::now() < deadline, "respguard did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    rg
+async fn start(config: &Path) -> Respguard {
+    Respguard::start(Launch::default().arg("--config").arg(config)).await
 }
 
 /// Whether `SET key v` through the proxy is accepted, on a fresh connection.
@@ -85,24 +42,27 @@ async fn accepted(rg: &Respguard, key: &str) -> bool {
 
 /// Waits up to 10 s for `key` to become accepted (or refused).
 async fn becomes(rg: &Respguard, key: &str, want: bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if accepted(rg, key).await == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    common::eventually(Duration::from_secs(10), || async move {
+        accepted(rg, key).await == want
+    })
+    .await
 }
 
 async fn reloads(rg: &Respguard, result: &str) -> f64 {
-    let (code, body) = http_get(rg.admin, "/metrics").await;
-    assert_eq!(code, 200);
+    let body = common::metrics_at(rg.admin).await;
     metric(
         &body,
         &format!("respguard_config_reloads_total{{result=\"{result}\"}}"),
     )
     .unwrap_or(0.0)
+}
+
+/// Waits up to 10 s until `respguard_config_reloads_total{result}` exceeds `above`.
+async fn reloaded(rg: &Respguard, result: &str, above: f64) -> bool {
+    common::eventually(Duration::from_secs(10), || async move {
+        reloads(rg, result).await > above
+    })
+    .await
 }
 
 /// Replaces `link` with a symlink to `target` atomically (write a new link, rename over).
@@ -116,52 +76,48 @@ fn swap_symlink(dir: &Path, target: &str, link: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_file_applies_and_invalid_file_keeps_the_old_policy() {
     let redis = RedisServer::start();
-    let (listen, admin) = (free_port(), free_port());
-    let dir = temp_dir("edit");
-    let path = dir.join("respguard.yaml");
-    std::fs::write(&path, yaml(listen, admin, redis.port, &["a"])).expect("write");
-    let rg = start(&path, listen, admin, &dir).await;
+    let dir = TempDir::new("reload-edit");
+    let path = dir.write("respguard.yaml", &yaml(redis.port, &["a"]));
+    let rg = start(&path).await;
     assert!(accepted(&rg, "a:1").await);
     assert!(!accepted(&rg, "b:1").await);
 
     // A connection opened before the change sees the new policy too.
     let mut early = Raw::connect(rg.listen).await;
-    std::fs::write(&path, yaml(listen, admin, redis.port, &["a", "b"])).expect("write");
+    std::fs::write(&path, yaml(redis.port, &["a", "b"])).expect("write");
     assert!(becomes(&rg, "b:1", true).await, "new policy not applied");
     assert_eq!(early.call(&[b"SET", b"b:2", b"v"]).await, b"+OK\r\n");
     assert!(reloads(&rg, "ok").await >= 1.0);
 
     // An invalid file: the old policy stays, every problem is logged, the error is counted.
-    let broken = yaml(listen, admin, redis.port, &["a"])
+    let broken = yaml(redis.port, &["a"])
         .replace("default: 10m, max: 1h", "default: 2h, max: 1h")
         .replace("unknown_keys: reject", "unknown_keys: sometimes");
     std::fs::write(&path, broken).expect("write");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&rg, "error").await < 1.0 {
-        assert!(Instant::now() < deadline, "invalid config not counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        reloaded(&rg, "error", 0.0).await,
+        "invalid config not counted"
+    );
     assert!(
         accepted(&rg, "b:3").await,
         "old policy (with b) must stay in force"
     );
     assert!(!accepted(&rg, "c:1").await);
-    let log = std::fs::read_to_string(&rg.stderr).unwrap_or_default();
+    let log = rg.log_text();
     assert!(log.contains("policy.unknown_keys"), "{log}");
     assert!(log.contains("policy.namespaces.a.ttl.default"), "{log}");
 
     // Fixed again: applies.
-    std::fs::write(&path, yaml(listen, admin, redis.port, &["c"])).expect("write");
+    std::fs::write(&path, yaml(redis.port, &["c"])).expect("write");
     assert!(becomes(&rg, "c:1", true).await);
     assert!(!accepted(&rg, "b:4").await);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_style_symlink_swap_applies() {
     let redis = RedisServer::start();
-    let (listen, admin) = (free_port(), free_port());
-    let dir = temp_dir("k8s");
+    let dir = TempDir::new("reload-k8s");
+    let dir = dir.path();
     // Like a ConfigMap volume: config.yaml -> ..data/config.yaml, ..data -> ..v1
     for (v, ns) in [
         ("..v1", &["a"][..]),
@@ -169,59 +125,117 @@ async fn kubernetes_style_symlink_swap_applies() {
         ("..v3", &["z"]),
     ] {
         std::fs::create_dir_all(dir.join(v)).expect("dir");
-        std::fs::write(
-            dir.join(v).join("config.yaml"),
-            yaml(listen, admin, redis.port, ns),
-        )
-        .expect("write");
+        std::fs::write(dir.join(v).join("config.yaml"), yaml(redis.port, ns)).expect("write");
     }
     std::fs::create_dir_all(dir.join("..bad")).expect("dir");
     std::fs::write(dir.join("..bad/config.yaml"), "policy: [not, a, map\n").expect("write");
-    swap_symlink(&dir, "..v1", "..data");
+    swap_symlink(dir, "..v1", "..data");
     std::os::unix::fs::symlink("..data/config.yaml", dir.join("config.yaml")).expect("symlink");
 
-    let rg = start(&dir.join("config.yaml"), listen, admin, &dir).await;
+    let rg = start(&dir.join("config.yaml")).await;
     assert!(!accepted(&rg, "b:1").await);
-    swap_symlink(&dir, "..v2", "..data");
+    swap_symlink(dir, "..v2", "..data");
     assert!(
         becomes(&rg, "b:1", true).await,
         "swapped ConfigMap not applied"
     );
 
-    swap_symlink(&dir, "..bad", "..data");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&rg, "error").await < 1.0 {
-        assert!(Instant::now() < deadline, "invalid config not counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    swap_symlink(dir, "..bad", "..data");
+    assert!(
+        reloaded(&rg, "error", 0.0).await,
+        "invalid config not counted"
+    );
     assert!(accepted(&rg, "b:2").await, "old policy must stay in force");
 
-    swap_symlink(&dir, "..v3", "..data");
+    swap_symlink(dir, "..v3", "..data");
     assert!(becomes(&rg, "z:1", true).await);
     assert!(!accepted(&rg, "a:1").await);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads() {
+async fn sighup_rereads_the_file_and_applies_the_change() {
     let redis = RedisServer::start();
-    let (listen, admin) = (free_port(), free_port());
-    let dir = temp_dir("hup");
-    let path = dir.join("respguard.yaml");
-    std::fs::write(&path, yaml(listen, admin, redis.port, &["a"])).expect("write");
-    let rg = start(&path, listen, admin, &dir).await;
+    let dir = TempDir::new("reload-hup");
+    let path = dir.write("respguard.yaml", &yaml(redis.port, &["a"]));
+    let rg = start(&path).await;
+    assert!(!accepted(&rg, "b:1").await);
+    // Content unchanged: only the signal can cause this reload.
     let before = reloads(&rg, "ok").await;
-    // The content is unchanged, so only the signal can cause a reload.
-    let status = Command::new("kill")
-        .args(["-HUP", &rg.child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&rg, "ok").await <= before {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rg.signal("HUP");
+    assert!(
+        reloaded(&rg, "ok", before).await,
+        "SIGHUP did not reload an unchanged file"
+    );
     assert!(accepted(&rg, "a:1").await);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!accepted(&rg, "b:1").await);
+    // A changed file and a signal: the change is in force, and the signal was acted on.
+    let before = reloads(&rg, "ok").await;
+    std::fs::write(&path, yaml(redis.port, &["b"])).expect("write");
+    rg.signal("HUP");
+    assert!(becomes(&rg, "b:1", true).await, "changed file not applied");
+    assert!(!accepted(&rg, "a:2").await, "the old namespace is gone");
+    assert!(reloads(&rg, "ok").await > before);
+    let log = rg.wait_log("SIGHUP: reloading configuration").await;
+    assert!(log.is_ok(), "no SIGHUP reload logged: {log:?}");
+}
+
+/// `max_clients` follows a reloaded file for connections accepted after it; the request limits
+/// apply to connections opened after it, while an open connection keeps the limits it started
+/// with (README, "Reload").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_and_limits_follow_a_reloaded_file_for_new_connections() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("reload-limits");
+    let base = yaml(redis.port, &["a"]);
+    let with = |clients: u32, bulk_len: &str| {
+        format!("{base}limits:\n  max_clients: {clients}\n  max_bulk_len: {bulk_len}\n")
+    };
+    let path = dir.write("respguard.yaml", &with(2, "1kb"));
+    let rg = start(&path).await;
+    let big = vec![b'x'; 4096];
+    let mut first = Raw::connect(rg.listen).await;
+    assert_resp!(first.ask(&[b"PING"]).await, b"+PONG\r\n");
+    let mut second = Raw::connect(rg.listen).await;
+    assert_resp!(second.ask(&[b"PING"]).await, b"+PONG\r\n");
+    let mut third = Raw::connect(rg.listen).await;
+    assert_resp!(
+        third.reply().await,
+        &b"-ERR max number of clients reached\r\n"[..]
+    );
+    drop(third);
+    drop(second);
+    // Wait until the proxy has seen the second client leave (one client left).
+    let admin = rg.admin;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async move {
+            let m = common::metrics_at(admin).await;
+            metric(&m, "respguard_client_connections") == Some(1.0)
+        })
+        .await,
+        "the proxy never saw the second client leave"
+    );
+
+    let before = reloads(&rg, "ok").await;
+    std::fs::write(&path, with(3, "1mb")).expect("write");
+    assert!(
+        reloaded(&rg, "ok", before).await,
+        "file change not reloaded"
+    );
+    // Three clients now fit, and the third gets the new bulk limit.
+    let mut second = Raw::connect(rg.listen).await;
+    assert_resp!(second.ask(&[b"PING"]).await, b"+PONG\r\n");
+    let mut third = Raw::connect(rg.listen).await;
+    assert_resp!(third.ask(&[b"SET", b"a:1", &big]).await, b"+OK\r\n");
+    assert_resp!(third.ask(&[b"GET", b"a:1"]).await, bulk(&big));
+    let mut fourth = Raw::connect(rg.listen).await;
+    assert_resp!(
+        fourth.reply().await,
+        &b"-ERR max number of clients reached\r\n"[..]
+    );
+    // The connection opened before the reload keeps the 1 KB bulk limit it started with.
+    first.cmd(&[b"SET", b"a:2", &big]).await;
+    assert_resp!(
+        first.reply().await,
+        &b"-ERR Protocol error: invalid bulk length\r\n"[..]
+    );
 }

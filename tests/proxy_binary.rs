@@ -1,4 +1,4 @@
-//! Proxy core, the real `respguard` binary (issue 2): `--check-config` exits 64 listing every
+//! The real `respguard` binary: `--check-config` exits 64 listing every
 //! problem with its line, and 0 on a valid file; a running proxy serves through the binary and
 //! exits 0 on SIGTERM, at once when idle and within the grace period when a client is blocked.
 
@@ -6,12 +6,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use common::{raw_proxy_addr, RedisServer};
-
-const BIN: &str = env!("CARGO_BIN_EXE_respguard");
+use common::{raw_proxy_addr, respguard_command, Launch, RedisServer, Respguard};
 
 /// A temporary config file, removed on drop.
 struct TempFile(PathBuf);
@@ -34,22 +32,8 @@ impl Drop for TempFile {
     }
 }
 
-fn respguard() -> Command {
-    let mut c = Command::new(BIN);
-    for var in [
-        "RESPGUARD_LISTEN",
-        "RESPGUARD_UPSTREAM",
-        "RESPGUARD_ADMIN",
-        "RESPGUARD_UPSTREAM_PASSWORD",
-    ] {
-        c.env_remove(var);
-    }
-    c.env("RESPGUARD_LOG", "info");
-    c
-}
-
 fn check_config(path: &PathBuf) -> Output {
-    respguard()
+    respguard_command()
         .arg("--check-config")
         .arg(path)
         .output()
@@ -122,79 +106,31 @@ fn check_config_accepts_a_valid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
-/// Kills the child on drop so a failing test leaves no process behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary in front of `redis` with `grace`; returns it once it answers PING.
-async fn start_binary(
-    redis: &RedisServer,
-    grace: &str,
-) -> (Running, std::net::SocketAddr, TempFile) {
-    let port = common::free_port();
+/// Starts the binary in front of `redis` with `grace`; returns it once `/readyz` is 200.
+async fn start_binary(redis: &RedisServer, grace: &str) -> (Respguard, TempFile) {
     let file = TempFile::new(
         "run.yaml",
         &format!(
-            "listen: 127.0.0.1:{port}\nupstream:\n  url: {}\nshutdown_grace: {grace}\n",
+            "upstream:\n  url: {}\nshutdown_grace: {grace}\n",
             redis.url()
         ),
     );
-    let child = respguard()
-        .arg("--config")
-        .arg(&file.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn respguard");
-    let running = Running(child);
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let up = common::eventually(Duration::from_secs(5), || async move {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    assert!(up, "respguard binary did not start listening on {addr}");
-    (running, addr, file)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM failed");
-}
-
-/// Waits up to `limit` for the child to exit.
-async fn exit_within(
-    child: &mut Child,
-    limit: Duration,
-) -> Option<(std::process::ExitStatus, Duration)> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some((status, t.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
+    let rg = Respguard::start(Launch::default().arg("--config").arg(&file.0)).await;
+    (rg, file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_exits_0_on_sigterm() {
     let redis = RedisServer::start();
-    let (mut running, addr, _file) = start_binary(&redis, "3s").await;
+    let (mut running, _file) = start_binary(&redis, "3s").await;
+    let addr = running.listen;
     let mut c = raw_proxy_addr(addr).await;
     assert_resp!(c.ask(&[b"SET", b"k", b"via-binary"]).await, b"+OK\r\n");
     assert_resp!(c.ask(&[b"GET", b"k"]).await, common::bulk(b"via-binary"));
     // An idle client does not hold up the exit.
-    sigterm(&running.0);
-    let (status, took) = exit_within(&mut running.0, Duration::from_secs(3))
+    running.signal("TERM");
+    let (status, took) = running
+        .exit_within(Duration::from_secs(3))
         .await
         .expect("respguard exits within the grace period");
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
@@ -206,13 +142,15 @@ async fn binary_serves_and_exits_0_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_exits_0_after_the_grace_period_with_a_blocked_client() {
     let redis = RedisServer::start();
-    let (mut running, addr, _file) = start_binary(&redis, "1s").await;
+    let (mut running, _file) = start_binary(&redis, "1s").await;
+    let addr = running.listen;
     let mut c = raw_proxy_addr(addr).await;
     assert_resp!(c.ask(&[b"PING"]).await, b"+PONG\r\n");
     c.cmd(&[b"BLPOP", b"never", b"0"]).await;
     common::wait_blocked(&redis, 1).await;
-    sigterm(&running.0);
-    let (status, took) = exit_within(&mut running.0, Duration::from_secs(4))
+    running.signal("TERM");
+    let (status, took) = running
+        .exit_within(Duration::from_secs(4))
         .await
         .expect("respguard exits after the grace period");
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
