@@ -212,12 +212,40 @@ async fn malformed_resp_is_refused_and_disconnects() {
         );
         assert!(c.closed_within(Duration::from_secs(2)).await, "{conn}");
     }
-    // Garbage bytes, a NUL-filled buffer: an error or a close, never a hang or a panic.
-    for junk in [&[0u8; 64][..], b"\xff\xfe*\r\n$\r\n", b"*1\r\n$1\r\nab\r\n"] {
-        let mut c = raw_proxy(&proxy).await;
+    // A line of bytes that are not UTF-8, then a PING: what Redis answers, frame for frame,
+    // and the connection stays open as it does with Redis.
+    let junk = b"\xff\xfe*\r\n$\r\n\r\nPING\r\n";
+    let mut answers = Vec::new();
+    for mut c in [raw_proxy(&proxy).await, redis.raw().await] {
         c.send(junk).await;
-        c.send(b"\r\n").await;
-        let _ = c.read_timeout(Duration::from_millis(500)).await;
+        let mut frames = Vec::new();
+        while frames.last().map(String::as_str) != Some("+PONG\\r\\n") {
+            frames.push(show(&c.reply().await));
+        }
+        answers.push(frames);
+    }
+    assert_eq!(answers[0], answers[1], "proxy (left) and redis (right)");
+    // A line of NUL bytes, then a PING: errors at most, and the PING is answered.
+    let mut c = raw_proxy(&proxy).await;
+    c.send(&[0u8; 64]).await;
+    c.send(b"\r\nPING\r\n").await;
+    loop {
+        let f = c.reply().await;
+        if f == b"+PONG\r\n" {
+            break;
+        }
+        assert!(f.starts_with(b"-ERR"), "{}", show(&f));
+    }
+    // A bulk whose CRLF is missing: an error, never a hang or a panic.
+    let mut c = raw_proxy(&proxy).await;
+    c.send(b"*1\r\n$1\r\nab\r\n\r\n").await;
+    let first = c.reply().await;
+    assert!(first.starts_with(b"-ERR"), "{}", show(&first));
+    let rest = match c.rest_until_closed(Duration::from_secs(1)).await {
+        Ok(frames) | Err(frames) => frames,
+    };
+    for f in &rest {
+        assert!(f.starts_with(b"-ERR"), "{}", show(f));
     }
     still_serves(&mut bystander, &proxy).await;
 }

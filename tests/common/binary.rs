@@ -94,6 +94,7 @@ pub struct Respguard {
     /// Where its stderr (the log) goes.
     pub log: PathBuf,
     _dir: TempDir,
+    extra_dirs: Vec<TempDir>,
 }
 
 impl Respguard {
@@ -132,6 +133,7 @@ impl Respguard {
             admin: ([127, 0, 0, 1], admin).into(),
             log,
             _dir: dir,
+            extra_dirs: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -191,5 +193,29 @@ impl Respguard {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Respguard {
+    /// Starts the binary in front of `upstream` with the configuration `yaml` (a file in its
+    /// own scratch directory).
+    pub async fn start_yaml(yaml: &str, upstream: &str) -> Respguard {
+        let dir = TempDir::new("conf");
+        let path = dir.write("respguard.yaml", yaml);
+        let mut rg = Respguard::start(
+            Launch::default()
+                .arg("--config")
+                .arg(&path)
+                .arg("--upstream")
+                .arg(upstream),
+        )
+        .await;
+        rg.extra_dirs.push(dir);
+        rg
+    }
+
+    /// The binary's resident memory in bytes.
+    pub fn rss(&self) -> usize {
+        super::process::rss_bytes(self.pid())
     }
 }

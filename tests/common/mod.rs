@@ -28,6 +28,7 @@ use std::time::Duration;
 pub use binary::*;
 pub use inproc::*;
 pub use ports::*;
+pub use process::rss_bytes;
 pub use prom::*;
 pub use raw::*;
 pub use resp::*;

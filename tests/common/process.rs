@@ -107,3 +107,14 @@ impl Drop for Guarded {
         self.kill();
     }
 }
+
+/// Resident memory of process `pid` in bytes (`VmRSS` in /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> usize {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kb: usize = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
