@@ -151,3 +151,64 @@ pub async fn wait_blocked(redis: &RedisServer, n: usize) {
     .await;
     assert!(ok, "redis never reported {n} blocked client(s)");
 }
+
+/// A Lua script that runs until `SCRIPT KILL`: while it runs, Redis answers other connections
+/// `-BUSY` (past `busy-reply-threshold`) and reads nothing more from the connection that sent
+/// it. A barrier that holds as long as the test needs, unlike a sleep.
+pub const ENDLESS_SCRIPT: &[u8] = b"while true do end";
+
+/// `redis-server` options for tests that use [`ENDLESS_SCRIPT`]: `-BUSY` after 10 ms.
+pub const BUSY_AFTER_10MS: &[&str] = &["--busy-reply-threshold", "10"];
+
+impl RedisServer {
+    /// Waits (up to 10 s) until Redis answers `-BUSY`: a script is running.
+    pub async fn wait_busy(&self) {
+        let addr = self.addr();
+        let busy = super::eventually(Duration::from_secs(10), || async move {
+            let mut r = Raw::connect(addr).await;
+            r.call(&[b"PING"]).await.starts_with(b"-BUSY")
+        })
+        .await;
+        assert!(busy, "redis never answered -BUSY");
+    }
+
+    /// Ends the running script (`SCRIPT KILL` on a connection of its own).
+    pub async fn kill_script(&self) {
+        let mut r = self.raw().await;
+        let reply = r.call(&[b"SCRIPT", b"KILL"]).await;
+        assert_eq!(reply, b"+OK\r\n", "SCRIPT KILL: {}", super::show(&reply));
+    }
+
+    /// Bytes that clients have sent and Redis has not read yet (the receive queues of Redis's
+    /// end of its connections, from /proc/net/tcp). While a script runs, what the connection
+    /// running it sends next waits there.
+    pub fn unread_bytes(&self) -> usize {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let local = format!("0100007F:{:04X}", self.port);
+        tcp.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl local_address rem_address st tx_queue:rx_queue; ESTABLISHED is 01.
+                if f.get(1) != Some(&local.as_str()) || f.get(3) != Some(&"01") {
+                    return None;
+                }
+                let (_, rx) = f.get(4)?.split_once(':')?;
+                usize::from_str_radix(rx, 16).ok()
+            })
+            .sum()
+    }
+
+    /// Waits (up to 10 s) until at least `n` bytes sent to Redis wait unread.
+    pub async fn wait_unread(&self, n: usize) {
+        let ok = super::eventually(Duration::from_secs(10), || async move {
+            self.unread_bytes() >= n
+        })
+        .await;
+        assert!(
+            ok,
+            "never {n} unread bytes at redis (now {})",
+            self.unread_bytes()
+        );
+    }
+}
