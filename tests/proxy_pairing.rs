@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{bulk, bulk_array, encode_many, raw_proxy, show, Raw, RedisServer, Respguard};
 
