@@ -1,10 +1,11 @@
-//! Observability (issue 5): hit/miss and command counters per namespace are exact. A known
+//! Observability: hit/miss and command counters per namespace are exact. A known
 //! sequence of reads (pipelined, inside MULTI, MGET with mixed results, hash reads, EXISTS,
 //! RESP2 and RESP3) goes through respguard to a real Redis, then every counter is checked.
 
+#[macro_use]
 mod common;
 
-use common::{encode_many, metric_lines, metric_sum, metrics_text, raw_proxy, RedisServer};
+use common::{bulk, encode_many, metric_lines, metric_sum, metrics_text, raw_proxy, RedisServer};
 
 const POLICY: &str = "policy:
   namespaces:
@@ -229,4 +230,71 @@ async fn rejections_are_counted_by_namespace_and_rule() {
     // Nothing reached Redis.
     let mut direct = redis.raw().await;
     assert_eq!(direct.call(&[b"DBSIZE"]).await, b":0\r\n");
+}
+
+const PIPELINED_POLICY: &str = r#"
+policy:
+  unknown_keys: allow
+  namespaces:
+    aa:
+      keys: ["ns:aa:{id}"]
+      ttl: { default: 1h, min: 1h, max: 1h }
+"#;
+
+/// A pipelined batch counts every command once in `respguard_commands_total` and in the
+/// latency histogram, with runs merged by equal instants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_runs_count_every_command() {
+    let mut e = common::policy_env(PIPELINED_POLICY).await;
+    let gets: Vec<[&[u8]; 2]> = (0..100)
+        .map(|_| [b"GET".as_slice(), b"nokey".as_slice()])
+        .collect();
+    let mut batch: Vec<&[&[u8]]> = gets.iter().map(|c| c.as_slice()).collect();
+    batch.push(&[b"SET", b"ns:aa:9", b"v"]);
+    batch.push(&[b"SET", b"ns:aa:9", b"v"]);
+    e.c.send(&encode_many(&batch)).await;
+    for _ in 0..100 {
+        assert_resp!(e.c.reply().await, b"$-1\r\n");
+    }
+    assert_resp!(e.c.reply().await, b"+OK\r\n");
+    assert_resp!(e.c.reply().await, b"+OK\r\n");
+    // The connection flushes its run of counts before it waits again: one more round trip.
+    assert_resp!(e.c.call(&[b"ECHO", b"x"]).await, bulk(b"x"));
+    let m = common::metrics_text(&e.proxy).await;
+    let get_ok = common::metric_sum(
+        &m,
+        "respguard_commands_total",
+        &[("command", "get"), ("result", "ok")],
+    )
+    .or_else(|| {
+        common::metric_sum(
+            &m,
+            "respguard_commands_total",
+            &[("command", "GET"), ("result", "ok")],
+        )
+    });
+    assert_eq!(
+        get_ok,
+        Some(100.0),
+        "{}",
+        common::metric_lines(&m, "respguard_commands_total")
+    );
+    let get_lat = common::metric_sum(
+        &m,
+        "respguard_command_duration_seconds_count",
+        &[("command", "get")],
+    )
+    .or_else(|| {
+        common::metric_sum(
+            &m,
+            "respguard_command_duration_seconds_count",
+            &[("command", "GET")],
+        )
+    });
+    assert_eq!(
+        get_lat,
+        Some(100.0),
+        "{}",
+        common::metric_lines(&m, "respguard_command_duration_seconds")
+    );
 }

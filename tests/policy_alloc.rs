@@ -1,4 +1,4 @@
-//! Policy evaluation adds no heap allocation for a command that passes unchanged (issue 3):
+//! Policy evaluation adds no heap allocation for a command that passes unchanged:
 //! a counting global allocator (per thread) around [`Policy::check`] with a reused `Scratch`,
 //! for single- and multi-key reads, writes whose expiry is already within bounds, commands
 //! without keys, keys in namespaces without a TTL, and allowed unknown keys. A command that is

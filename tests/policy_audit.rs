@@ -1,4 +1,4 @@
-//! Policy, audit mode (issue 3), against real Redis: every command is forwarded unchanged —
+//! Policy, audit mode, against real Redis: every command is forwarded unchanged —
 //! what reaches Redis is exactly what the client sent (no added expiry, no clamping, refused
 //! keys and denied commands executed) — while what enforce mode would have done is logged at
 //! info level with the command, namespace and action, never the value, and the key only at

@@ -1,5 +1,7 @@
-//! Review probes of the policy stages against real Redis: what reached Redis is read back
-//! directly (no proxy). Failing tests here document bugs; passing ones pin exact behaviour.
+//! Edge cases of every policy stage against real Redis: expiries Redis carries over from
+//! another key (RENAME, COPY, MOVE), store destinations, expiry arithmetic at the bounds, key
+//! naming edges, appended commands inside MULTI and CLIENT REPLY, and sensitive data in JSON,
+//! hashes and streams. What reached Redis is read back directly (no proxy).
 
 #[macro_use]
 mod common;
@@ -87,11 +89,11 @@ impl Env {
 // ---------------------------------------------------------------------------------------------
 // TTL: keys whose expiry Redis carries over from another key
 
-/// README: "every key ends up with an expiry inside its namespace's bounds". RENAME keeps the
-/// source's TTL in Redis; the appended `EXPIRE dst ttl NX` does nothing when there is one, so
-/// a 7-day form_progress key renamed into `session` (max 30m) keeps 7 days.
+/// README: "every key ends up with an expiry inside its namespace's bounds". RENAME carries
+/// the source's expiry over in Redis, so a 7-day form_progress key renamed into `session`
+/// (max 30m) would keep 7 days: the destination's expiry is clamped to the namespace's max.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_into_a_namespace_keeps_an_expiry_above_its_max() {
+async fn rename_into_a_namespace_clamps_a_carried_expiry_to_its_max() {
     let mut e = env().await;
     assert_resp!(
         e.c.call(&[b"SET", b"form_progress:1:f", b"v", b"EX", b"604800"])
@@ -109,9 +111,9 @@ async fn rename_into_a_namespace_keeps_an_expiry_above_its_max() {
     e.assert_pttl(b"session:9", MIN_30 - SLACK, MIN_30).await;
 }
 
-/// Same with COPY: Redis copies the source's expiry to the destination.
+/// Same with COPY: Redis copies the source's expiry to the destination; it is clamped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_into_a_namespace_keeps_an_expiry_above_its_max() {
+async fn copy_into_a_namespace_clamps_a_carried_expiry_to_its_max() {
     let mut e = env().await;
     e.c.call(&[b"SET", b"form_progress:1:g", b"v", b"EX", b"604800"])
         .await;
@@ -1044,9 +1046,9 @@ async fn all_sensitive_hset_on_a_string_key_reports_wrongtype() {
     assert_resp!(e.c.call(&[b"EXEC"]).await, want);
 }
 
-/// RENAMENX has the same gap as RENAME.
+/// Same with RENAMENX.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renamenx_into_a_namespace_keeps_an_expiry_above_its_max() {
+async fn renamenx_into_a_namespace_clamps_a_carried_expiry_to_its_max() {
     let mut e = env().await;
     e.c.call(&[b"SET", b"form_progress:2:f", b"v", b"EX", b"604800"])
         .await;

@@ -1,4 +1,4 @@
-//! Policy inside pipelines, transactions and scripts (issue 3), against real Redis: appended
+//! Policy inside pipelines, transactions and scripts, against real Redis: appended
 //! `EXPIRE key ttl NX` commands join a `MULTI` and their replies are removed from the `EXEC`
 //! array, so the client sees exactly the replies of what it queued; a refused command inside
 //! `MULTI` aborts the transaction as Redis would (`EXECABORT`) and nothing of it is applied;

@@ -1,4 +1,4 @@
-//! Policy, key naming and command rules (issue 3), against real Redis: the seed document's
+//! Policy, key naming and command rules, against real Redis: the seed document's
 //! good keys pass and its bad ones are refused, every key of multi-key, keyword-key and script
 //! commands is checked, one bad key refuses the whole command, nothing of a refused command
 //! reaches Redis, non-UTF-8 keys are handled, denied and unknown commands are refused with a

@@ -1,4 +1,4 @@
-//! Policy, sensitive data (issue 4), against real Redis: after every write through respguard
+//! Policy, sensitive data, against real Redis: after every write through respguard
 //! the stored value is read back directly from Redis (`redis.client()`, no proxy) and compared
 //! byte for byte with the expected result: configured JSON members are gone at any depth and
 //! everything else is untouched; sensitive hash and stream fields are dropped; card numbers and

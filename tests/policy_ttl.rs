@@ -1,4 +1,4 @@
-//! Policy, TTL enforcement (issue 3), against real Redis: what reached Redis is read back
+//! Policy, TTL enforcement, against real Redis: what reached Redis is read back
 //! directly (`TTL`, `PTTL`, `GET`, `OBJECT`), per command family. `SET` without an expiry gets
 //! the namespace default; expiries are clamped to min..max (or refused with
 //! `on_violation: reject`) for SET, SETEX, PSETEX, GETEX, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT

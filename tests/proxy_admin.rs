@@ -1,4 +1,4 @@
-//! Proxy core, admin endpoint (issue 2): `/healthz` is 200, `/readyz` is 200 with Redis up and
+//! Proxy core, admin endpoint: `/healthz` is 200, `/readyz` is 200 with Redis up and
 //! 503 with it down (or refusing the proxy's credentials), `/metrics` exports the client gauge,
 //! exact per-command counts after a known sequence, build info and upstream errors by kind,
 //! and never shows a password, whatever the clients and the upstream URL contain.

@@ -1,4 +1,4 @@
-//! Proxy core, upstream failures (issue 2): an unreachable upstream (refused, or silent until
+//! Proxy core, upstream failures: an unreachable upstream (refused, or silent until
 //! the connect timeout) answers every command with an error naming the cause, never hangs,
 //! and the same client connection works once Redis is up; Redis dying while a client waits in
 //! `BLPOP` fails the in-flight command and closes the client; `upstream.read_timeout` fails a

@@ -1,4 +1,4 @@
-//! Proxy core, limits and shutdown (issue 2): `limits.max_clients`, `max_bulk_len`,
+//! Proxy core, limits and shutdown: `limits.max_clients`, `max_bulk_len`,
 //! `max_multibulk_len`, `max_buffered_bytes` and malformed RESP answer with Redis's own error
 //! and disconnect only the offender (others keep working, nothing panics); the reply nesting
 //! bound (`max_depth`) applies to replies only, and request limits do not cut off legitimate
@@ -415,4 +415,46 @@ async fn one_clients_large_reply_does_not_disconnect_another() {
     let killed = a.reply().await;
     assert!(show(&killed).contains("Script killed"), "{}", show(&killed));
     assert_resp!(a.reply().await, bulk(&vec![b'v'; 4096]));
+}
+
+/// Shutdown reaches connections through the kept phase future: an idle client is closed when
+/// draining starts; a client blocked in BLPOP is left to finish during the grace period and
+/// closed when it ends (Draining, then Abort on the re-armed future), after many loop
+/// iterations on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_then_aborts_connections_after_many_wakeups() {
+    let e = common::policy_env("").await;
+    let mut idle = common::raw_proxy(&e.proxy).await;
+    let mut blocked = common::raw_proxy(&e.proxy).await;
+    // Many wakeups of each connection's loop before shutdown starts.
+    for i in 0..200u32 {
+        let v = i.to_string();
+        assert_resp!(idle.call(&[b"SET", b"k", v.as_bytes()]).await, b"+OK\r\n");
+        assert_resp!(blocked.call(&[b"GET", b"k"]).await, bulk(v.as_bytes()));
+    }
+    blocked.cmd(&[b"BLPOP", b"never", b"0"]).await;
+    common::wait_blocked(&e.redis, 1).await;
+    let started = std::time::Instant::now();
+    let proxy = e.proxy;
+    let shutdown = tokio::spawn(proxy.shutdown(Duration::from_millis(800)));
+    assert!(
+        idle.closed_within(Duration::from_millis(500)).await,
+        "idle connection not closed when draining started"
+    );
+    // Abort is sent at 800 ms; the shutdown signal itself is only dropped 1 s later, so a
+    // connection that missed Abort would close at about 1.8 s.
+    let left = Duration::from_millis(1400).saturating_sub(started.elapsed());
+    assert!(
+        blocked.closed_within(left).await,
+        "blocked connection not closed when the grace period ended (Abort not seen)"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "blocked connection closed before the grace period ended ({took:?})"
+    );
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown returns")
+        .expect("shutdown task");
 }

@@ -1,6 +1,8 @@
-//! Review probes of reply pairing, shared upstream connections ("pinning"), MULTI/EXEC
-//! rewriting, CLIENT REPLY, pub/sub, MONITOR, QUIT, failures and backpressure, each compared
-//! with what Redis itself answers on a connection of its own.
+//! Reply pairing on shared and dedicated upstream connections ("pinning"): QUIT mid
+//! pipeline, WATCH inside MULTI with rewriting, CLIENT REPLY, pub/sub, MONITOR, clients that
+//! never read, a client's state change behind another client's running script, a huge
+//! pipeline beside a small client, and Redis dying under shared clients; where Redis itself
+//! defines the answer, it is compared with what Redis answers on a connection of its own.
 
 #[macro_use]
 mod common;
@@ -35,9 +37,6 @@ async fn assert_silent(c: &mut Raw, t: Duration, what: &str) {
         panic!("{what}: unexpected frame: {}", show(&f));
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Bugs (these fail today).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quit_mid_pipeline_on_a_pinned_client_ends_like_redis() {
@@ -79,7 +78,7 @@ async fn quit_mid_pipeline_on_a_pinned_client_ends_like_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quit_mid_pipeline_on_a_shared_client_ends_like_redis() {
-    // The same on a never-pinned client (QUIT answered by the proxy): passes.
+    // The same on a never-pinned client, where the proxy answers QUIT itself.
     let redis = RedisServer::start();
     let proxy = common::proxy(SHARED1, &redis.url()).await;
     let mut a = raw_proxy(&proxy).await;
@@ -102,8 +101,8 @@ async fn quit_mid_pipeline_on_a_shared_client_ends_like_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_inside_multi_with_a_policy_append_keeps_the_exec_reply() {
     // Redis answers WATCH inside MULTI with an error right away, does not queue it and does
-    // not abort the transaction. The proxy counts it as a queued command, so the EXEC array
-    // (with a hidden EXPIRE removed) no longer matches its layout.
+    // not abort the transaction: the proxy must not count it among the queued commands, or
+    // the EXEC array (with the hidden EXPIRE removed) would not match its layout.
     let redis = RedisServer::start();
     let mut direct = redis.raw().await;
     let cmds: &[&[&[u8]]] = &[
@@ -136,8 +135,8 @@ async fn watch_inside_multi_with_a_policy_append_keeps_the_exec_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_inside_multi_then_subscribe_in_exec_receives_messages() {
-    // Same miscount without any policy: the queued SUBSCRIBE's effect is not applied, and the
-    // first published message is taken for an unexpected reply.
+    // The same without any policy: the queued SUBSCRIBE takes effect at EXEC, and the first
+    // published message is a message, not a reply.
     let redis = RedisServer::start();
     let proxy = common::proxy("", &redis.url()).await;
     let mut a = raw_proxy(&proxy).await;
@@ -168,10 +167,9 @@ async fn watch_inside_multi_then_subscribe_in_exec_receives_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_pipelined_with_reset_keeps_pairing() {
-    // MONITOR and RESET in one write, with the proxy selecting database 1 on its connections.
-    // RESET is queued for pairing before MONITOR's +OK arrives; once in monitor mode the proxy
-    // forwards +RESET without popping it, so the hidden SELECT's +OK reaches the client and a
-    // later reply is swallowed.
+    // MONITOR and RESET in one write, with the proxy selecting database 1 on its connections:
+    // RESET is queued for pairing before MONITOR's +OK arrives, and its reply must be paired
+    // with it in monitor mode too, so that the hidden SELECT's +OK never reaches the client.
     let redis = RedisServer::start();
     let mut d = redis.raw().await;
     assert_resp!(d.ask(&[b"SELECT", b"1"]).await, b"+OK\r\n");
@@ -187,8 +185,8 @@ async fn monitor_pipelined_with_reset_keeps_pairing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_pipelined_with_commands_leaves_no_stale_entry_for_the_read_timeout() {
-    // Without a handshake the replies still line up, but the entries queued before MONITOR's
-    // +OK are never popped: the idle client is later failed by the read timeout.
+    // Without a handshake: the entries queued before MONITOR's +OK are all paired, so nothing
+    // is left owed for the read timeout to fail the idle client on.
     let redis = RedisServer::start();
     let proxy = common::proxy("upstream:\n  read_timeout: 200ms\n", &redis.url()).await;
     let mut a = raw_proxy(&proxy).await;

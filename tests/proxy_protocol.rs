@@ -1,4 +1,4 @@
-//! Proxy core, wire protocol (issue 2): RESP2 and RESP3 replies pass through byte for byte
+//! Proxy core, wire protocol: RESP2 and RESP3 replies pass through byte for byte
 //! (maps, sets, doubles, booleans, big numbers, verbatim strings, push frames, attributes),
 //! the reply scanner's attribute handling, inline commands (as telnet and redis-cli send
 //! them, quoted arguments, Redis's own splitting rules), binary-safe keys and values, values

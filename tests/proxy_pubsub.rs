@@ -1,4 +1,4 @@
-//! Proxy core, out-of-band frames (issue 2): pub/sub (`SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`)
+//! Proxy core, out-of-band frames: pub/sub (`SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`)
 //! in RESP2 subscribe mode and as RESP3 pushes, messages from other clients, `PING` inside
 //! subscribe mode, leaving it with the `UNSUBSCRIBE` family and pairing replies correctly
 //! afterwards, and client-side caching (`CLIENT TRACKING`) invalidations in RESP3 and through
@@ -241,23 +241,102 @@ async fn resp3_subscriptions_arrive_as_pushes() {
     assert!(a.read_timeout(Duration::from_millis(100)).await.is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired() {
+/// A namespace for the keys of the push tests, so that the policy changes what reaches Redis
+/// (an expiry appended to each SET) while the client sees what Redis would send.
+const PUSH_POLICY: &str = r#"
+policy:
+  unknown_keys: reject
+  namespaces:
+    key:
+      keys: ["key:{id}"]
+      ttl: { default: 10m, max: 1h }
+"#;
+
+/// One pipeline in which Redis itself puts pushes between replies: a message the subscribed
+/// client publishes to itself, and the invalidation of a key it read and then wrote with
+/// `CLIENT TRACKING on`. Everything the client receives is compared with Redis byte for byte.
+async fn pushes_inside_one_pipeline(yaml: &str) {
     let redis = RedisServer::start();
-    let proxy = common::proxy("", &redis.url()).await;
+    let proxy = common::proxy(yaml, &redis.url()).await;
+    let pipeline = encode_many(&[
+        &[b"GET", b"key:1"],
+        &[b"PUBLISH", b"ch", b"first"],
+        &[b"SET", b"key:1", b"v2"],
+        &[b"GET", b"key:1"],
+        &[b"PUBLISH", b"ch", b"second"],
+        &[b"PING"],
+    ]);
+    let mut streams = Vec::new();
+    // Straight to Redis first, then through the proxy, on the same keys.
+    for mut c in [redis.raw().await, raw_proxy(&proxy).await] {
+        hello3(&mut c).await;
+        assert_resp!(c.ask(&[b"SET", b"key:1", b"v1"]).await, b"+OK\r\n");
+        assert_resp!(c.ask(&[b"CLIENT", b"TRACKING", b"on"]).await, b"+OK\r\n");
+        assert_resp!(
+            c.ask(&[b"SUBSCRIBE", b"ch"]).await,
+            confirm_push(b"subscribe", b"ch", 1)
+        );
+        c.send(&pipeline).await;
+        let mut frames = Vec::new();
+        while frames.last().map(Vec::as_slice) != Some(&b"+PONG\r\n"[..]) {
+            frames.push(c.reply().await);
+        }
+        streams.push(frames);
+    }
+    let (direct, proxied) = (&streams[0], &streams[1]);
+    let shown = |f: &Vec<Vec<u8>>| f.iter().map(|x| show(x)).collect::<Vec<_>>();
+    assert_eq!(shown(proxied), shown(direct), "proxy (left), redis (right)");
+    // The pushes really are inside the pipeline: between its first and last reply.
+    let first_push = direct.iter().position(|f| f.first() == Some(&b'>'));
+    assert!(
+        first_push.is_some_and(|i| i > 0 && i < direct.len() - 1),
+        "{:?}",
+        shown(direct)
+    );
+    assert!(
+        direct.iter().filter(|f| f.first() == Some(&b'>')).count() >= 3,
+        "two messages and an invalidation: {:?}",
+        shown(direct)
+    );
+    // The policy did change what reached Redis: the proxied SET got the namespace's expiry.
+    let ttl = redis.raw().await.ask(&[b"TTL", b"key:1"]).await;
+    if yaml.is_empty() {
+        assert_resp!(ttl, b":-1\r\n");
+    } else {
+        assert_resp!(ttl, b":600\r\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_pushes_inside_a_pipeline_match_redis() {
+    pushes_inside_one_pipeline("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_pushes_inside_a_pipeline_match_redis_with_a_policy() {
+    pushes_inside_one_pipeline(PUSH_POLICY).await;
+}
+
+/// Pipelines of GETs from a subscribed RESP3 client while another client publishes, and each
+/// pipeline also publishes to the client itself (so at least one push lands inside every
+/// pipeline): replies stay paired and in order, and every message arrives once, in order.
+async fn pushes_interleaved_with_pipelines(yaml: &str) {
+    let redis = RedisServer::start();
+    let proxy = common::proxy(yaml, &redis.url()).await;
     let mut a = raw_proxy(&proxy).await;
     hello3(&mut a).await;
     let values: Vec<Vec<u8>> = (0..200)
         .map(|i| format!("value-{i}").into_bytes())
         .collect();
-    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key-{i}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key:{i}").into_bytes()).collect();
     for (k, v) in keys.iter().zip(&values) {
         assert_resp!(a.ask(&[b"SET", k, v]).await, b"+OK\r\n");
     }
     assert_resp!(
-        a.ask(&[b"SUBSCRIBE", b"ch"]).await,
+        a.ask(&[b"SUBSCRIBE", b"ch", b"self"]).await,
         confirm_push(b"subscribe", b"ch", 1)
     );
+    assert_resp!(a.reply().await, confirm_push(b"subscribe", b"self", 2));
     let publisher_addr = proxy.local_addr;
     let publisher = tokio::spawn(async move {
         let mut b = Raw::connect(publisher_addr).await;
@@ -268,17 +347,26 @@ async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired() {
     });
     let mut replies = Vec::new();
     let mut pushes = Vec::new();
-    for chunk in keys.chunks(20) {
-        let cmds: Vec<Vec<&[u8]>> = chunk.iter().map(|k| vec![&b"GET"[..], k]).collect();
+    let mut own = Vec::new();
+    for (n, chunk) in keys.chunks(20).enumerate() {
+        let label = format!("own-{n}");
+        let mut cmds: Vec<Vec<&[u8]>> = chunk.iter().map(|k| vec![&b"GET"[..], k]).collect();
+        cmds.insert(10, vec![b"PUBLISH", b"self", label.as_bytes()]);
         let refs: Vec<&[&[u8]]> = cmds.iter().map(|c| c.as_slice()).collect();
         a.send(&encode_many(&refs)).await;
-        let want = replies.len() + chunk.len();
-        while replies.len() < want {
+        let mut got = 0;
+        while got < cmds.len() {
             let f = a.reply().await;
-            if f.first() == Some(&b'>') {
-                pushes.push(f);
-            } else {
+            if f.first() != Some(&b'>') {
                 replies.push(f);
+                got += 1;
+            } else if f.ends_with(format!("${}\r\n{label}\r\n", label.len()).as_bytes()) {
+                // Published by this pipeline to itself: after the tenth reply, before the
+                // PUBLISH's own reply.
+                assert_eq!(got, 10, "own message at reply {got} of pipeline {n}");
+                own.push(f);
+            } else {
+                pushes.push(f);
             }
         }
     }
@@ -288,8 +376,23 @@ async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired() {
         assert_eq!(f.first(), Some(&b'>'), "{}", show(&f));
         pushes.push(f);
     }
-    for (i, r) in replies.iter().enumerate() {
-        assert_resp!(r, bulk(&values[i]), "reply {i}");
+    assert_eq!(own.len(), 10, "one own message per pipeline");
+    let mut want = Vec::new();
+    for (n, chunk) in values.chunks(20).enumerate() {
+        for (i, v) in chunk.iter().enumerate() {
+            if i == 10 {
+                want.push(b":1\r\n".to_vec());
+            }
+            want.push(bulk(v));
+        }
+        assert_resp!(
+            own[n],
+            bulk_push(&[b"message", b"self", format!("own-{n}").as_bytes()])
+        );
+    }
+    assert_eq!(replies.len(), want.len());
+    for (i, (r, w)) in replies.iter().zip(&want).enumerate() {
+        assert_resp!(r, w, "reply {i}");
     }
     for (i, p) in pushes.iter().enumerate() {
         let msg = format!("m{i}");
@@ -299,6 +402,16 @@ async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired() {
             "push {i}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired() {
+    pushes_interleaved_with_pipelines("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_pushes_interleaved_with_a_pipeline_keep_replies_paired_with_a_policy() {
+    pushes_interleaved_with_pipelines(PUSH_POLICY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

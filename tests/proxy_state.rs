@@ -1,5 +1,5 @@
-//! Proxy core, per-connection state (issue 2): every client connection has its own upstream
-//! connection, so `SELECT`, `AUTH` (requirepass and ACL users), `CLIENT SETNAME`, `RESET`,
+//! Per-connection state: every client keeps its own connection state (it leaves the shared
+//! upstream connections for one of its own when it changes that state), so `SELECT`, `AUTH` (requirepass and ACL users), `CLIENT SETNAME`, `RESET`,
 //! `QUIT`, transactions (`MULTI`/`EXEC`/`DISCARD`/`WATCH`), blocking commands, `MONITOR`,
 //! scripting (`EVAL`/`EVALSHA`/`FCALL`) and `SCAN` cursors behave exactly as against Redis.
 
