@@ -122,7 +122,7 @@ async fn start_binary(redis: &RedisServer, grace: &str) -> (Respguard, TempFile)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_exits_0_on_sigterm() {
     let redis = RedisServer::start();
-    let (mut running, _file) = start_binary(&redis, "3s").await;
+    let (mut running, _file) = start_binary(&redis, "30s").await;
     let addr = running.listen;
     let mut c = raw_proxy_addr(addr).await;
     assert_resp!(c.ask(&[b"SET", b"k", b"via-binary"]).await, b"+OK\r\n");
@@ -130,11 +130,11 @@ async fn binary_serves_and_exits_0_on_sigterm() {
     // An idle client does not hold up the exit.
     running.signal("TERM");
     let (status, took) = running
-        .exit_within(Duration::from_secs(3))
+        .exit_within(Duration::from_secs(20))
         .await
-        .expect("respguard exits within the grace period");
+        .expect("respguard exits long before the 30 s grace period");
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
-    assert!(took < Duration::from_secs(2), "idle exit took {took:?}");
+    assert!(took < Duration::from_secs(20), "idle exit took {took:?}");
     assert!(c.closed_within(Duration::from_secs(1)).await);
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -323,7 +323,7 @@ async fn shutdown_drains_an_in_flight_pipeline_then_refuses() {
     a.send(&encode_many(&cmds)).await;
     wait_blocked(&redis, 1).await;
     let t = Instant::now();
-    let draining = tokio::spawn(proxy.shutdown(Duration::from_secs(4)));
+    let draining = tokio::spawn(proxy.shutdown(Duration::from_secs(30)));
     // New connections are refused while the drain goes on.
     let refused = common::eventually(Duration::from_secs(2), || async move {
         tokio::net::TcpStream::connect(addr).await.is_err()
@@ -347,7 +347,8 @@ async fn shutdown_drains_an_in_flight_pipeline_then_refuses() {
         "closed after the drain"
     );
     draining.await.expect("shutdown");
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // It ended when the pipeline was drained, not when the grace period did.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 

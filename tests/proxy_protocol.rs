@@ -285,7 +285,10 @@ async fn inline_commands_as_telnet_sends_them() {
     assert_resp!(c.reply().await, b"$5\r\nhello\r\n");
     // A line split across writes is joined.
     c.send(b"ECHO sp").await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        c.read_timeout(Duration::from_millis(100)).await.is_none(),
+        "no answer to half a line"
+    );
     c.send(b"lit\r\n").await;
     assert_resp!(c.reply().await, b"$5\r\nsplit\r\n");
     // Inline and multibulk commands interleave in one write, replies in order.
