@@ -44,15 +44,15 @@ fn port_ownership_is_checked_per_process() {
     assert!(!listens(std::process::id(), redis.port));
 }
 
-/// Where the helper below writes the pids of what it started.
+/// Where the spawner below writes the pids of what it started.
 const PIDFILE: &str = "HARNESS_TEST_PIDFILE";
 
 /// Not a test of its own: run by `children_die_with_a_killed_test_process` in a child process
 /// (it does nothing otherwise). Starts a Redis and the respguard binary, says their pids,
 /// then waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process of children_die_with_a_killed_test_process"]
-async fn helper_starts_children_then_waits_to_be_killed() {
+#[ignore = "run by children_die_with_a_killed_test_process in a process of its own"]
+async fn spawner_starts_children_then_waits_to_be_killed() {
     let Ok(pidfile) = std::env::var(PIDFILE) else {
         return;
     };
@@ -81,9 +81,9 @@ fn alive(pid: u32, comm: &str) -> bool {
 fn children_die_with_a_killed_test_process() {
     let dir = common::TempDir::new("harness");
     let pidfile = dir.path().join("pids");
-    let mut helper = Command::new(std::env::current_exe().expect("test binary"))
+    let mut spawner = Command::new(std::env::current_exe().expect("test binary"))
         .args([
-            "helper_starts_children_then_waits_to_be_killed",
+            "spawner_starts_children_then_waits_to_be_killed",
             "--exact",
             "--ignored",
         ])
@@ -91,24 +91,27 @@ fn children_die_with_a_killed_test_process() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("run the helper");
+        .expect("run the spawner");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let pids = loop {
         if let Ok(text) = std::fs::read_to_string(&pidfile) {
             break text;
         }
         assert!(
-            helper.try_wait().expect("helper status").is_none(),
-            "helper exited before starting its children"
+            spawner.try_wait().expect("spawner status").is_none(),
+            "spawner exited before starting its children"
         );
-        assert!(std::time::Instant::now() < deadline, "helper never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spawner never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let (redis, rg) = pids.split_once(' ').expect("two pids");
     let (redis, rg): (u32, u32) = (redis.parse().expect("pid"), rg.parse().expect("pid"));
     assert!(alive(redis, "redis-server") && alive(rg, "respguard"));
-    helper.kill().expect("SIGKILL the helper");
-    helper.wait().expect("reap the helper");
+    spawner.kill().expect("SIGKILL the spawner");
+    spawner.wait().expect("reap the spawner");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while alive(redis, "redis-server") || alive(rg, "respguard") {
         assert!(

@@ -298,3 +298,188 @@ async fn pipelined_runs_count_every_command() {
         common::metric_lines(&m, "respguard_command_duration_seconds")
     );
 }
+
+/// The other reads the README lists: `GETEX` and `GETDEL` (nil = miss), `LRANGE`, `SMEMBERS`
+/// and `ZRANGE` (empty = miss), each once on a present key and once on a missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_and_misses_of_getex_getdel_and_collection_reads() {
+    let redis = RedisServer::start();
+    let proxy = common::proxy(POLICY, &redis.url()).await;
+    let mut c = raw_proxy(&proxy).await;
+    assert_resp!(c.ask(&[b"SET", b"session:1", b"a"]).await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"SET", b"session:2", b"b"]).await, b"+OK\r\n");
+    assert_resp!(c.ask(&[b"RPUSH", b"session:l", b"x"]).await, b":1\r\n");
+    assert_resp!(c.ask(&[b"SADD", b"session:s", b"x"]).await, b":1\r\n");
+    assert_resp!(c.ask(&[b"ZADD", b"session:z", b"1", b"x"]).await, b":1\r\n");
+    let reads: &[(&str, &[&[u8]], &[&[u8]], &[u8], &[u8])] = &[
+        (
+            "GETEX",
+            &[b"GETEX", b"session:1", b"EX", b"1000"],
+            &[b"GETEX", b"session:9", b"EX", b"1000"],
+            b"$1\r\na\r\n",
+            b"$-1\r\n",
+        ),
+        (
+            "GETDEL",
+            &[b"GETDEL", b"session:2"],
+            &[b"GETDEL", b"session:2"],
+            b"$1\r\nb\r\n",
+            b"$-1\r\n",
+        ),
+        (
+            "LRANGE",
+            &[b"LRANGE", b"session:l", b"0", b"-1"],
+            &[b"LRANGE", b"session:nol", b"0", b"-1"],
+            b"*1\r\n$1\r\nx\r\n",
+            b"*0\r\n",
+        ),
+        (
+            "SMEMBERS",
+            &[b"SMEMBERS", b"session:s"],
+            &[b"SMEMBERS", b"session:nos"],
+            b"*1\r\n$1\r\nx\r\n",
+            b"*0\r\n",
+        ),
+        (
+            "ZRANGE",
+            &[b"ZRANGE", b"session:z", b"0", b"-1"],
+            &[b"ZRANGE", b"session:noz", b"0", b"-1"],
+            b"*1\r\n$1\r\nx\r\n",
+            b"*0\r\n",
+        ),
+    ];
+    for (name, hit, miss, hit_reply, miss_reply) in reads {
+        assert_resp!(c.ask(hit).await, hit_reply, "{name} hit");
+        assert_resp!(c.ask(miss).await, miss_reply, "{name} miss");
+    }
+    let m = metrics_text(&proxy).await;
+    for (name, ..) in reads {
+        let labels = [("namespace", "session"), ("command", *name)];
+        check(&m, "respguard_cache_hits_total", &labels, 1.0);
+        check(&m, "respguard_cache_misses_total", &labels, 1.0);
+    }
+}
+
+const TTL_POLICY: &str = "policy:
+  namespaces:
+    session:
+      keys: [\"session:{id}\"]
+      ttl: { default: 30m, min: 15m, max: 30m }
+    strict:
+      keys: [\"strict:{id}\"]
+      ttl: { default: 10m, min: 5m, max: 10m }
+      on_violation: reject
+";
+
+/// `respguard_ttl_enforced_total` counts each action once per command: `added` (no expiry
+/// given), `clamped` (above the max), `raised` (below the min), `refused` (a namespace that
+/// rejects violations); what reached Redis shows the action was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_actions_are_counted_per_namespace() {
+    let mut e = common::policy_env(TTL_POLICY).await;
+    assert_resp!(e.c.ask(&[b"SET", b"session:a", b"v"]).await, b"+OK\r\n");
+    assert_resp!(
+        e.c.ask(&[b"SET", b"session:c", b"v", b"EX", b"86400"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_resp!(
+        e.c.ask(&[b"SET", b"session:r", b"v", b"EX", b"10"]).await,
+        b"+OK\r\n"
+    );
+    assert_resp!(e.c.ask(&[b"EXPIRE", b"session:r", b"5"]).await, b":1\r\n");
+    let refused = e.c.ask(&[b"SET", b"strict:1", b"v", b"EX", b"86400"]).await;
+    assert!(
+        refused.starts_with(b"-POLICY"),
+        "{}",
+        common::show(&refused)
+    );
+    assert_resp!(e.d.ask(&[b"TTL", b"session:a"]).await, b":1800\r\n");
+    assert_resp!(e.d.ask(&[b"TTL", b"session:c"]).await, b":1800\r\n");
+    assert_resp!(e.d.ask(&[b"TTL", b"session:r"]).await, b":900\r\n");
+    assert_resp!(e.d.ask(&[b"EXISTS", b"strict:1"]).await, b":0\r\n");
+    let m = metrics_text(&e.proxy).await;
+    let ttl = "respguard_ttl_enforced_total";
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "added")],
+        1.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "clamped")],
+        1.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "raised")],
+        2.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "strict"), ("action", "refused")],
+        1.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "refused")],
+        0.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "strict"), ("action", "clamped")],
+        0.0,
+    );
+}
+
+const AUDIT_POLICY: &str = "policy:
+  mode: audit
+  unknown_keys: reject
+  denied_commands: [KEYS]
+  namespaces:
+    session:
+      keys: [\"session:{id}\"]
+      ttl: { default: 30m, min: 15m, max: 30m }
+";
+
+/// Audit mode counts what enforce mode would have done (README: rejections and TTL actions)
+/// while Redis gets every command unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_counts_what_enforce_would_do() {
+    let mut e = common::policy_env(AUDIT_POLICY).await;
+    assert_resp!(e.c.ask(&[b"SET", b"session:a", b"v"]).await, b"+OK\r\n");
+    assert_resp!(
+        e.c.ask(&[b"SET", b"session:c", b"v", b"EX", b"86400"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_resp!(e.c.ask(&[b"SET", b"user42", b"v"]).await, b"+OK\r\n");
+    assert_resp!(e.c.ask(&[b"KEYS", b"nothing*"]).await, b"*0\r\n");
+    // Unchanged in Redis: no expiry added, none clamped, the unnamed key stored.
+    assert_resp!(e.d.ask(&[b"TTL", b"session:a"]).await, b":-1\r\n");
+    assert_resp!(e.d.ask(&[b"TTL", b"session:c"]).await, b":86400\r\n");
+    assert_resp!(e.d.ask(&[b"GET", b"user42"]).await, common::bulk(b"v"));
+    let m = metrics_text(&e.proxy).await;
+    let ttl = "respguard_ttl_enforced_total";
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "added")],
+        1.0,
+    );
+    check(
+        &m,
+        ttl,
+        &[("namespace", "session"), ("action", "clamped")],
+        1.0,
+    );
+    let rej = "respguard_policy_rejections_total";
+    check(&m, rej, &[("rule", "naming")], 1.0);
+    check(&m, rej, &[("rule", "denied_command")], 1.0);
+}

@@ -156,7 +156,7 @@ async fn keys_are_bytes() {
         r,
         "-POLICY key \"\\xff\\xfe:\\x00\" matches no namespace: name it {system}:{entity}:{id} like one of user_profile:{id}, session:{id}, session:core:{id}, session:extended:{id} (policy.namespaces)"
     );
-    // A huge key is quoted briefly, and the error stays one line.
+    // A huge key is quoted shortened, and the error stays one line.
     let mut big = b"x\r\n".repeat(10_000);
     big.extend_from_slice(b":1");
     let r = c.call(&[b"GET", &big]).await;
