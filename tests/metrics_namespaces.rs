@@ -299,6 +299,9 @@ async fn pipelined_runs_count_every_command() {
     );
 }
 
+/// A read: command name, a hit and its reply, a miss and its reply.
+type Read<'a> = (&'a str, &'a [&'a [u8]], &'a [&'a [u8]], &'a [u8], &'a [u8]);
+
 /// The other reads the README lists: `GETEX` and `GETDEL` (nil = miss), `LRANGE`, `SMEMBERS`
 /// and `ZRANGE` (empty = miss), each once on a present key and once on a missing one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +314,7 @@ async fn hits_and_misses_of_getex_getdel_and_collection_reads() {
     assert_resp!(c.ask(&[b"RPUSH", b"session:l", b"x"]).await, b":1\r\n");
     assert_resp!(c.ask(&[b"SADD", b"session:s", b"x"]).await, b":1\r\n");
     assert_resp!(c.ask(&[b"ZADD", b"session:z", b"1", b"x"]).await, b":1\r\n");
-    let reads: &[(&str, &[&[u8]], &[&[u8]], &[u8], &[u8])] = &[
+    let reads: &[Read] = &[
         (
             "GETEX",
             &[b"GETEX", b"session:1", b"EX", b"1000"],
@@ -348,13 +351,14 @@ async fn hits_and_misses_of_getex_getdel_and_collection_reads() {
             b"*0\r\n",
         ),
     ];
-    for (name, hit, miss, hit_reply, miss_reply) in reads {
+    for (name, hit, hit_reply, miss, miss_reply) in reads.iter().map(|r| (r.0, r.1, r.3, r.2, r.4))
+    {
         assert_resp!(c.ask(hit).await, hit_reply, "{name} hit");
         assert_resp!(c.ask(miss).await, miss_reply, "{name} miss");
     }
     let m = metrics_text(&proxy).await;
     for (name, ..) in reads {
-        let labels = [("namespace", "session"), ("command", *name)];
+        let labels = [("namespace", "session"), ("command", name)];
         check(&m, "respguard_cache_hits_total", &labels, 1.0);
         check(&m, "respguard_cache_misses_total", &labels, 1.0);
     }
