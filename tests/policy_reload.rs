@@ -239,3 +239,80 @@ async fn max_clients_and_limits_follow_a_reloaded_file_for_new_connections() {
         &b"-ERR Protocol error: invalid bulk length\r\n"[..]
     );
 }
+
+/// A reload that adds a namespace while a client keeps pipelines in flight: every reply stays
+/// paired with its command (a marker after each write comes back in place), the new namespace
+/// applies from one command on and never goes back, and the new namespace's metric series
+/// appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adding_a_namespace_under_pipelines_keeps_pairing() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("reload-pipeline");
+    let path = dir.write("respguard.yaml", &yaml(redis.port, &["a"]));
+    let rg = start(&path).await;
+    let mut c = Raw::connect(rg.listen).await;
+    assert_resp!(c.ask(&[b"SET", b"a:1", b"va"]).await, b"+OK\r\n");
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(async move {
+        let mut first_tx = Some(first_tx);
+        let mut switched_at = None;
+        for round in 0..10_000usize {
+            let keys: Vec<String> = (0..50).map(|i| format!("b:{round}-{i}")).collect();
+            let marks: Vec<String> = (0..50).map(|i| format!("{round}-{i}")).collect();
+            let mut cmds: Vec<Vec<&[u8]>> = Vec::new();
+            for (k, m) in keys.iter().zip(&marks) {
+                cmds.push(vec![b"SET", k.as_bytes(), b"vb"]);
+                cmds.push(vec![b"ECHO", m.as_bytes()]);
+                cmds.push(vec![b"GET", b"a:1"]);
+            }
+            let refs: Vec<&[&[u8]]> = cmds.iter().map(Vec::as_slice).collect();
+            c.send(&common::encode_many(&refs)).await;
+            for (k, m) in keys.iter().zip(&marks) {
+                let set = c.reply().await;
+                if set == b"+OK\r\n" {
+                    switched_at.get_or_insert(round);
+                } else {
+                    assert!(
+                        set.starts_with(b"-POLICY") && switched_at.is_none(),
+                        "SET {k} after the switch in round {switched_at:?}: {}",
+                        common::show(&set)
+                    );
+                }
+                assert_resp!(c.reply().await, bulk(m.as_bytes()), "marker after SET {k}");
+                assert_resp!(c.reply().await, bulk(b"va"), "GET after SET {k}");
+            }
+            if let Some(tx) = first_tx.take() {
+                let _ = tx.send(());
+            }
+            if let Some(s) = switched_at.filter(|s| round >= s + 20) {
+                return (c, s);
+            }
+        }
+        panic!("the new namespace never applied");
+    });
+    first.await.expect("the first pipeline was answered");
+    std::fs::write(&path, yaml(redis.port, &["a", "b"])).expect("write");
+    let (mut c, switched) = client.await.expect("pipelining client");
+    assert!(
+        switched > 0,
+        "the first pipeline was answered before the reload"
+    );
+    let key = format!("b:{}-0", switched + 1);
+    assert_resp!(c.ask(&[b"GET", key.as_bytes()]).await, bulk(b"vb"));
+    assert_resp!(c.ask(&[b"TTL", key.as_bytes()]).await, b":600\r\n");
+    let m = common::metrics_at(rg.admin).await;
+    for (name, labels) in [
+        ("respguard_cache_hits_total", &[("namespace", "b")][..]),
+        (
+            "respguard_ttl_enforced_total",
+            &[("namespace", "b"), ("action", "added")],
+        ),
+        ("respguard_commands_total", &[("namespace", "b")]),
+    ] {
+        assert!(
+            common::metric_sum(&m, name, labels).is_some_and(|v| v >= 1.0),
+            "{name}{labels:?}:\n{}",
+            common::metric_lines(&m, name)
+        );
+    }
+}
