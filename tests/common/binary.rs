@@ -194,9 +194,7 @@ impl Respguard {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
 
-impl Respguard {
     /// Starts the binary in front of `upstream` with the configuration `yaml` (a file in its
     /// own scratch directory).
     pub async fn start_yaml(yaml: &str, upstream: &str) -> Respguard {

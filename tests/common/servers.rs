@@ -9,6 +9,14 @@ use super::ports::{free_port, listens};
 use super::process::{self, Guarded};
 use super::raw::Raw;
 
+/// A Lua script that runs until `SCRIPT KILL`: while it runs, Redis answers other connections
+/// `-BUSY` (past `busy-reply-threshold`) and reads nothing more from the connection that sent
+/// it. A barrier that holds as long as the test needs, unlike a sleep.
+pub const ENDLESS_SCRIPT: &[u8] = b"while true do end";
+
+/// `redis-server` options for tests that use [`ENDLESS_SCRIPT`]: `-BUSY` after 10 ms.
+pub const BUSY_AFTER_10MS: &[&str] = &["--busy-reply-threshold", "10"];
+
 /// A `redis-server` child process, killed on drop or when the test process dies.
 pub struct RedisServer {
     pub port: u16,
@@ -121,46 +129,7 @@ impl RedisServer {
     pub fn kill(&mut self) {
         self.child.kill();
     }
-}
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Redis's `INFO clients` field `name` (e.g. `connected_clients`, `blocked_clients`).
-pub async fn info_clients(redis: &RedisServer, name: &str) -> Option<usize> {
-    let mut r = Raw::connect(redis.addr()).await;
-    let info = r.call(&[b"INFO", b"clients"]).await;
-    let text = String::from_utf8_lossy(&info).into_owned();
-    let prefix = format!("{name}:");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-}
-
-/// Waits (up to 10 s) until Redis reports at least `n` clients blocked in a blocking command.
-pub async fn wait_blocked(redis: &RedisServer, n: usize) {
-    let ok = super::eventually(Duration::from_secs(10), || async move {
-        info_clients(redis, "blocked_clients")
-            .await
-            .is_some_and(|v| v >= n)
-    })
-    .await;
-    assert!(ok, "redis never reported {n} blocked client(s)");
-}
-
-/// A Lua script that runs until `SCRIPT KILL`: while it runs, Redis answers other connections
-/// `-BUSY` (past `busy-reply-threshold`) and reads nothing more from the connection that sent
-/// it. A barrier that holds as long as the test needs, unlike a sleep.
-pub const ENDLESS_SCRIPT: &[u8] = b"while true do end";
-
-/// `redis-server` options for tests that use [`ENDLESS_SCRIPT`]: `-BUSY` after 10 ms.
-pub const BUSY_AFTER_10MS: &[&str] = &["--busy-reply-threshold", "10"];
-
-impl RedisServer {
     /// Waits (up to 10 s) until Redis answers `-BUSY`: a script is running.
     pub async fn wait_busy(&self) {
         let addr = self.addr();
@@ -211,4 +180,33 @@ impl RedisServer {
             self.unread_bytes()
         );
     }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Redis's `INFO clients` field `name` (e.g. `connected_clients`, `blocked_clients`).
+pub async fn info_clients(redis: &RedisServer, name: &str) -> Option<usize> {
+    let mut r = Raw::connect(redis.addr()).await;
+    let info = r.call(&[b"INFO", b"clients"]).await;
+    let text = String::from_utf8_lossy(&info).into_owned();
+    let prefix = format!("{name}:");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
+/// Waits (up to 10 s) until Redis reports at least `n` clients blocked in a blocking command.
+pub async fn wait_blocked(redis: &RedisServer, n: usize) {
+    let ok = super::eventually(Duration::from_secs(10), || async move {
+        info_clients(redis, "blocked_clients")
+            .await
+            .is_some_and(|v| v >= n)
+    })
+    .await;
+    assert!(ok, "redis never reported {n} blocked client(s)");
 }
