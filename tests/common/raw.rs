@@ -96,6 +96,22 @@ impl Raw {
         }
     }
 
+    /// `TTL key` as a number. Assert a range ending at the expected value: a second may turn
+    /// between the write and this read on a loaded machine.
+    #[track_caller]
+    pub fn ttl<'a>(&'a mut self, key: &'a [u8]) -> impl std::future::Future<Output = i64> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            self.cmd(&[b"TTL", key]).await;
+            let r = self.read().await;
+            show(&r)
+                .strip_prefix(':')
+                .and_then(|v| v.strip_suffix("\\r\\n"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{caller}: TTL {}: {}", show(key), show(&r)))
+        }
+    }
+
     /// The next reply frame, like [`Raw::read`], but a failure says what happened: the
     /// connection closed, an I/O error, an invalid frame, or nothing within 10 s.
     #[track_caller]
