@@ -564,6 +564,12 @@ impl Conn {
                 let _ = flush_client(&cwr, &mut self.cout);
                 return Ok(());
             }
+            if client_eof && self.pending.iter().any(|p| p.meta.blocking) {
+                // Redis forgets a blocked client the moment it disconnects. Keeping the
+                // upstream connection would leave it blocked, and the next pushed element
+                // would be popped for nobody: close it now.
+                return Ok(());
+            }
             if (self.closing || client_eof || draining)
                 && self.pending.is_empty()
                 && self.cout.is_empty()
@@ -572,12 +578,12 @@ impl Conn {
                 return Ok(());
             }
             let read_client = !client_eof
-                && !self.closing
                 && !draining
-                && !self.pin_wanted
-                && self.uout.len() < HIGH_WATER
-                && self.cout.len() < HIGH_WATER
-                && self.pending.len() < MAX_PENDING;
+                && (self.closing
+                    || (!self.pin_wanted
+                        && self.uout.len() < HIGH_WATER
+                        && self.cout.len() < HIGH_WATER
+                        && self.pending.len() < MAX_PENDING));
             let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
             let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
@@ -589,6 +595,11 @@ impl Conn {
                     reserve_for_read(&mut self.cbuf);
                     match read_now(&mut crd, &mut self.cbuf) {
                         Ok(Some(0)) => client_eof = true,
+                        Ok(Some(_)) if self.closing => {
+                            // Nothing more is read after QUIT or a protocol error, but the
+                            // socket is still watched so a disconnect is noticed.
+                            self.cbuf.clear();
+                        }
                         Ok(Some(_)) => {
                             self.refresh_policy();
                             self.process_client();
@@ -1112,7 +1123,8 @@ impl Conn {
             return true;
         }
         let mut entry = Pending::new(kind, cmd, start);
-        entry.meta.blocking = blocking;
+        // Queued in MULTI, a blocking command does not block.
+        entry.meta.blocking = blocking && self.multi.is_none();
         entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
         entry.meta.ns = self.scratch.namespace;
         entry.meta.actions = self.take_actions();
