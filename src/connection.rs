@@ -43,6 +43,9 @@ const HIGH_WATER: usize = 4 * 1024 * 1024;
 const MAX_PENDING: usize = 64 * 1024;
 /// Read size; larger frames grow the buffer as needed.
 const READ_CHUNK: usize = 16 * 1024;
+/// The answer to `SYNC`/`PSYNC`.
+const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
+    connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
 
 /// What the reply to a command means for the connection.
 #[derive(Debug)]
@@ -131,6 +134,8 @@ enum Special {
     Quit,
     Monitor,
     Pubsub,
+    /// `SYNC`/`PSYNC`: refused, as the replication stream is not made of replies.
+    Replication,
 }
 
 /// What the connection task needs to know about a command beyond its table row, derived
@@ -186,6 +191,7 @@ fn special_of(spec: &'static CommandSpec) -> Special {
         "MONITOR" => Special::Monitor,
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
         | "SUNSUBSCRIBE" => Special::Pubsub,
+        "SYNC" | "PSYNC" => Special::Replication,
         _ => Special::None,
     }
 }
@@ -923,6 +929,13 @@ impl Conn {
         };
         let cmd = spec.map(|s| s.index());
         let traits = traits(spec);
+        if traits.special == Special::Replication {
+            // After SYNC/PSYNC Redis sends an RDB payload and then a command stream, not
+            // replies: nothing could be paired or checked any more, and the client would wait
+            // forever. Refused at once, without touching the upstream connection.
+            self.refuse(REPLICATION_REFUSED, cmd);
+            return true;
+        }
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
             self.uout.extend_from_slice(raw);
@@ -996,12 +1009,7 @@ impl Conn {
                 return true;
             }
             Verdict::Reject(r) => {
-                let mut b = BytesMut::new();
-                codec::encode_error(&mut b, &r.message);
-                if self.multi.is_some() {
-                    self.multi_poisoned = true;
-                }
-                self.push_local(b.freeze(), Outcome::Rejected, cmd);
+                self.refuse(&r.message, cmd);
                 return true;
             }
         };
@@ -1064,7 +1072,7 @@ impl Conn {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
-            Special::None => {
+            Special::None | Special::Replication => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 let queued = spec.is_none_or(|s| s.name != "WATCH");
                 if let (Some(layout), true) = (self.multi.as_mut(), queued) {
@@ -1171,6 +1179,17 @@ impl Conn {
             self.send_handshake(start);
         }
         true
+    }
+
+    /// Answers a command the proxy refuses with an error; inside MULTI the transaction then
+    /// aborts at EXEC, as it does in Redis after a command it refuses while queueing.
+    fn refuse(&mut self, message: &str, cmd: Option<usize>) {
+        let mut b = BytesMut::new();
+        codec::encode_error(&mut b, message);
+        if self.multi.is_some() {
+            self.multi_poisoned = true;
+        }
+        self.push_local(b.freeze(), Outcome::Rejected, cmd);
     }
 
     fn send_handshake(&mut self, start: Instant) {
