@@ -43,6 +43,9 @@ const HIGH_WATER: usize = 4 * 1024 * 1024;
 const MAX_PENDING: usize = 64 * 1024;
 /// Read size; larger frames grow the buffer as needed.
 const READ_CHUNK: usize = 16 * 1024;
+/// The answer to `CLIENT REPLY ON|OFF|SKIP` queued in MULTI.
+const CLIENT_REPLY_IN_MULTI: &str =
+    "ERR CLIENT REPLY inside MULTI is not supported through respguard";
 /// The answer to `SYNC`/`PSYNC`.
 const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
     connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
@@ -54,6 +57,9 @@ enum Kind {
     Reply,
     /// Sent by the proxy (policy append, handshake after RESET): swallow its reply.
     Hidden,
+    /// Sent inside MULTI after a command the proxy refused, so that Redis aborts the
+    /// transaction at EXEC as it would have: its error reply is expected and swallowed.
+    Poison,
     /// Answered by the proxy: these bytes go to the client when the entry reaches the front.
     Local(Bytes, Outcome),
     /// A (un)subscribe command: its reply may come as a pub/sub confirmation frame.
@@ -96,6 +102,9 @@ struct Meta {
     blocking: bool,
     /// Queued in MULTI: its reply is `+QUEUED`, not the data (counted at EXEC instead).
     queued: bool,
+    /// Sent while the client's `CLIENT REPLY` mode suppresses its reply: the reply (Redis's
+    /// or the proxy's) is dropped.
+    quiet: bool,
     /// When the command was read (its batch's read).
     start: Instant,
     /// When its batch was handed to the upstream socket.
@@ -115,6 +124,7 @@ impl Pending {
                 nkeys: 0,
                 blocking: false,
                 queued: false,
+                quiet: false,
                 start,
                 sent: None,
             },
@@ -136,6 +146,8 @@ enum Special {
     Pubsub,
     /// `SYNC`/`PSYNC`: refused, as the replication stream is not made of replies.
     Replication,
+    /// `CLIENT REPLY`: the reply mode is applied by the proxy.
+    ClientReply,
 }
 
 /// What the connection task needs to know about a command beyond its table row, derived
@@ -192,6 +204,7 @@ fn special_of(spec: &'static CommandSpec) -> Special {
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
         | "SUNSUBSCRIBE" => Special::Pubsub,
         "SYNC" | "PSYNC" => Special::Replication,
+        "CLIENT|REPLY" => Special::ClientReply,
         _ => Special::None,
     }
 }
@@ -296,14 +309,17 @@ struct Conn {
     monitor_owed: usize,
     /// Queued commands that change the connection when EXEC runs them.
     multi_specials: Vec<(usize, Special)>,
-    /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
-    multi_poisoned: bool,
     /// Read no more commands; close once everything owed to the client is written.
     closing: bool,
     /// Close now: pairing can no longer be trusted.
     abort: bool,
-    /// Replies Redis will skip (`CLIENT REPLY OFF` / `SKIP`).
+    /// The client's `CLIENT REPLY` mode. Redis itself always replies (the command is not
+    /// forwarded): replies are dropped here, so the proxy's own replies follow the mode too.
     reply_mode: ReplyMode,
+    /// Whether the reply to the command being handled is suppressed by `reply_mode`.
+    quiet: bool,
+    /// The reply just paired was for a quiet command: the client does not get it.
+    drop_reply: bool,
     /// When the last reply arrived: a command's read timeout starts when it reaches the front.
     last_reply_at: Instant,
     /// Scanner limits for replies: Redis's own values may be larger than clients may send.
@@ -430,12 +446,13 @@ pub async fn serve(
         shard_subs: 0,
         monitor: false,
         multi: None,
-        multi_poisoned: false,
         multi_specials: Vec::new(),
         monitor_owed: 0,
         closing: false,
         abort: false,
         reply_mode: ReplyMode::On,
+        quiet: false,
+        drop_reply: false,
         run: None,
         last_spec: None,
         last_reply_at: Instant::now(),
@@ -841,7 +858,11 @@ impl Conn {
                     }
                     off += len;
                 }
-                Ok(Some(Request::Skip { len })) => off += len,
+                Ok(Some(Request::Skip { len })) => {
+                    // An empty command uses up a `CLIENT REPLY SKIP`, as in Redis.
+                    self.take_quiet();
+                    off += len;
+                }
                 Ok(None) => {
                     if rest.len() > self.max_buffered {
                         self.protocol_error(
@@ -867,6 +888,7 @@ impl Conn {
     }
 
     fn protocol_error(&mut self, msg: &str) {
+        self.quiet = self.take_quiet();
         self.shared.metrics.protocol_errors.increment(1);
         tracing::debug!(error = msg, "client protocol error; closing");
         let mut b = BytesMut::new();
@@ -878,6 +900,7 @@ impl Conn {
     /// Queues a reply the proxy makes itself, in order with upstream replies.
     fn push_local(&mut self, bytes: Bytes, outcome: Outcome, cmd: Option<usize>) {
         let mut p = Pending::new(Kind::Local(bytes, outcome), cmd, self.batch_start);
+        p.meta.quiet = self.quiet;
         p.meta.ns = self.scratch.namespace;
         p.meta.actions = self.take_actions();
         p.meta.sensitive = self.take_sensitive();
@@ -933,6 +956,7 @@ impl Conn {
             // After SYNC/PSYNC Redis sends an RDB payload and then a command stream, not
             // replies: nothing could be paired or checked any more, and the client would wait
             // forever. Refused at once, without touching the upstream connection.
+            self.quiet = self.take_quiet();
             self.refuse(REPLICATION_REFUSED, cmd);
             return true;
         }
@@ -951,6 +975,7 @@ impl Conn {
                 // Nothing to clean up on a shared connection: answer QUIT here.
                 self.scratch.namespace = NS_NONE;
                 self.scratch.clear();
+                self.quiet = self.take_quiet();
                 self.push_local(Bytes::from_static(b"+OK\r\n"), Outcome::Ok, cmd);
                 self.closing = true;
                 return true;
@@ -964,6 +989,13 @@ impl Conn {
             // Pinned: from now on this client has its own upstream connection.
             self.mux = None;
         }
+        self.quiet = if traits.special == Special::Reset {
+            // RESET turns replies back on before answering.
+            self.reply_mode = ReplyMode::On;
+            false
+        } else {
+            self.take_quiet()
+        };
         let verdict = match &self.policy {
             Some(p) => p.check(&argv, spec, &mut self.scratch),
             None => {
@@ -976,6 +1008,12 @@ impl Conn {
                 Verdict::Forward
             }
         };
+        if traits.special == Special::ClientReply
+            && matches!(verdict, Verdict::Forward)
+            && self.client_reply(&argv, cmd)
+        {
+            return true;
+        }
         let (rewritten, tail, append) = match verdict {
             Verdict::Forward => (None, Vec::new(), Vec::new()),
             Verdict::Rewrite(rw) => (rw.command, rw.tail, rw.append),
@@ -1004,6 +1042,7 @@ impl Conn {
                 entry.meta.actions = self.take_actions();
                 entry.meta.sensitive = self.take_sensitive();
                 entry.meta.queued = self.multi.is_some();
+                entry.meta.quiet = self.quiet;
                 self.pending.push_back(entry);
                 self.unsent += 1;
                 return true;
@@ -1018,32 +1057,15 @@ impl Conn {
             Special::Multi => {
                 if self.multi.is_none() {
                     self.multi = Some(Vec::new());
-                    self.multi_poisoned = false;
                 }
                 Kind::Reply
             }
             Special::Exec => match self.multi.take() {
-                Some(_) if self.multi_poisoned => {
-                    // Redis aborts a transaction with a refused command; do the same, and
-                    // tell Redis to drop what it queued.
-                    self.multi_poisoned = false;
-                    self.send(&encode(&[b"DISCARD"]));
-                    self.push(Kind::Hidden, None, false, start);
-                    self.push_local(
-                        Bytes::from_static(
-                            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-                        ),
-                        Outcome::Error,
-                        cmd,
-                    );
-                    return true;
-                }
                 Some(layout) => Kind::Exec(layout, std::mem::take(&mut self.multi_specials)),
                 None => Kind::Reply,
             },
             Special::Discard => {
                 self.multi = None;
-                self.multi_poisoned = false;
                 Kind::Reply
             }
             sp @ (Special::Hello | Special::Monitor | Special::Pubsub) if self.multi.is_some() => {
@@ -1061,7 +1083,6 @@ impl Conn {
             Special::Hello => Kind::Hello,
             Special::Reset => {
                 self.multi = None;
-                self.multi_poisoned = false;
                 Kind::Reset
             }
             Special::Quit => {
@@ -1072,7 +1093,7 @@ impl Conn {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
-            Special::None | Special::Replication => {
+            Special::None | Special::Replication | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 let queued = spec.is_none_or(|s| s.name != "WATCH");
                 if let (Some(layout), true) = (self.multi.as_mut(), queued) {
@@ -1101,36 +1122,8 @@ impl Conn {
                 codec::encode_args(&mut self.uout, tail.iter().map(|a| a.as_ref()));
             }
         }
-        let mut replies = self.expect_reply();
-        if spec.is_some_and(|s| s.name == "CLIENT|REPLY") {
-            let mode = argv.get(2).unwrap_or_default();
-            if mode.eq_ignore_ascii_case(b"ON") {
-                // Answered even when replies were off.
-                self.reply_mode = ReplyMode::On;
-                replies = true;
-            } else if mode.eq_ignore_ascii_case(b"OFF") {
-                self.reply_mode = ReplyMode::Off;
-                replies = false;
-            } else if mode.eq_ignore_ascii_case(b"SKIP") {
-                if self.reply_mode != ReplyMode::Off {
-                    self.reply_mode = ReplyMode::SkipNext;
-                }
-                replies = false;
-            }
-        }
-        if !replies {
-            // Redis sends nothing back, so nothing waits in the queue.
-            self.scratch.clear();
-            for extra in append {
-                // Encoded straight into the upstream buffer: no temporary copy.
-                codec::encode_command(&mut self.uout, extra.iter().map(|a| a.as_ref()));
-                if self.expect_reply() {
-                    self.push(Kind::Hidden, None, false, start);
-                }
-            }
-            return true;
-        }
         let mut entry = Pending::new(kind, cmd, start);
+        entry.meta.quiet = self.quiet;
         // Queued in MULTI, a blocking command does not block.
         entry.meta.blocking = blocking && self.multi.is_none();
         entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
@@ -1170,9 +1163,7 @@ impl Conn {
             if let Some(layout) = self.multi.as_mut() {
                 layout.push(Slot::Hidden);
             }
-            if self.expect_reply() {
-                self.push(Kind::Hidden, None, false, start);
-            }
+            self.push(Kind::Hidden, None, false, start);
         }
         if is_reset {
             // RESET drops the connection's authentication and database: restore the proxy's.
@@ -1186,10 +1177,56 @@ impl Conn {
     fn refuse(&mut self, message: &str, cmd: Option<usize>) {
         let mut b = BytesMut::new();
         codec::encode_error(&mut b, message);
-        if self.multi.is_some() {
-            self.multi_poisoned = true;
-        }
         self.push_local(b.freeze(), Outcome::Rejected, cmd);
+        if self.multi.is_some() {
+            // A command with the wrong number of arguments: Redis refuses it while queueing
+            // (no effect, not shown by MONITOR) and flags the transaction, so EXEC, forwarded
+            // as the client sent it, gets Redis's own EXECABORT.
+            self.send(b"*1\r\n$3\r\nGET\r\n");
+            self.push(Kind::Poison, None, false, self.batch_start);
+        }
+    }
+
+    /// Handles `CLIENT REPLY ON|OFF|SKIP` here (other forms go to Redis for its error).
+    /// Redis keeps replying; the proxy drops what the client asked not to get, so replies
+    /// the proxy makes itself follow the mode exactly like Redis's.
+    fn client_reply(&mut self, argv: &Argv<'_>, cmd: Option<usize>) -> bool {
+        if argv.len() != 3 {
+            return false;
+        }
+        let mode = argv.get(2).unwrap_or_default();
+        let (next, reply) = if mode.eq_ignore_ascii_case(b"ON") {
+            (ReplyMode::On, Some(Bytes::from_static(b"+OK\r\n")))
+        } else if mode.eq_ignore_ascii_case(b"OFF") {
+            (ReplyMode::Off, None)
+        } else if mode.eq_ignore_ascii_case(b"SKIP") {
+            (ReplyMode::SkipNext, None)
+        } else {
+            return false;
+        };
+        if self.multi.is_some() {
+            // Redis would change the mode halfway through building the EXEC reply.
+            self.refuse(CLIENT_REPLY_IN_MULTI, cmd);
+            return true;
+        }
+        self.scratch.clear();
+        match reply {
+            Some(ok) => {
+                // Answered even when replies were off.
+                self.reply_mode = next;
+                self.quiet = false;
+                self.push_local(ok, Outcome::Ok, cmd);
+            }
+            None => {
+                // A SKIP while replies are off changes nothing.
+                if !(next == ReplyMode::SkipNext && self.reply_mode == ReplyMode::Off) {
+                    self.reply_mode = next;
+                }
+                self.quiet = true;
+                self.push_local(Bytes::new(), Outcome::Ok, cmd);
+            }
+        }
+        true
     }
 
     fn send_handshake(&mut self, start: Instant) {
@@ -1203,14 +1240,15 @@ impl Conn {
         }
     }
 
-    /// Whether Redis will answer the next command sent, under `CLIENT REPLY`.
-    fn expect_reply(&mut self) -> bool {
+    /// Whether the client's reply mode suppresses the reply to the next command; `SKIP`
+    /// is used up by it.
+    fn take_quiet(&mut self) -> bool {
         match self.reply_mode {
-            ReplyMode::On => true,
-            ReplyMode::Off => false,
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
             ReplyMode::SkipNext => {
                 self.reply_mode = ReplyMode::On;
-                false
+                true
             }
         }
     }
@@ -1252,12 +1290,16 @@ impl Conn {
         for p in pending {
             match p.kind {
                 Kind::Local(b, outcome) => {
-                    self.cout.extend_from_slice(&b);
+                    if !p.meta.quiet {
+                        self.cout.extend_from_slice(&b);
+                    }
                     self.record(&p.meta, outcome, None);
                 }
-                Kind::Hidden => {}
+                Kind::Hidden | Kind::Poison => {}
                 _ => {
-                    self.cout.extend_from_slice(&err);
+                    if !p.meta.quiet {
+                        self.cout.extend_from_slice(&err);
+                    }
                     self.record(&p.meta, Outcome::Error, None);
                 }
             }
@@ -1318,7 +1360,13 @@ impl Conn {
                 }
             };
             let bytes = &rest[..frame.len];
-            match self.on_reply(bytes, frame) {
+            let mut action = self.on_reply(bytes, frame);
+            if self.drop_reply {
+                // The client asked not to get this reply (`CLIENT REPLY OFF`/`SKIP`).
+                self.drop_reply = false;
+                action = Action::Drop;
+            }
+            match action {
                 Action::Forward => {}
                 Action::Drop => {
                     self.cout.extend_from_slice(&buf[run_start..off]);
@@ -1365,7 +1413,9 @@ impl Conn {
                 meta,
             }) = self.pending.pop_front()
             {
-                self.cout.extend_from_slice(&b);
+                if !meta.quiet {
+                    self.cout.extend_from_slice(&b);
+                }
                 self.record(&meta, outcome, None);
             }
         }
@@ -1428,6 +1478,7 @@ impl Conn {
             return Action::Drop;
         };
         self.last_reply_at = self.now;
+        self.drop_reply = p.meta.quiet;
         let outcome = if f.kind == b'-' || f.kind == b'!' {
             Outcome::Error
         } else {
@@ -1444,6 +1495,7 @@ impl Conn {
                 }
                 return Action::Drop;
             }
+            Kind::Poison => return Action::Drop,
             Kind::Local(..) => {
                 // Cannot happen: locals are drained before any upstream reply is paired.
                 tracing::warn!("reply pairing lost; closing the connection");
@@ -1765,12 +1817,6 @@ impl Conn {
         }
         Some(out)
     }
-}
-
-fn encode(args: &[&[u8]]) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode_command(&mut b, args.iter().copied());
-    b
 }
 
 /// Waits for the next shutdown phase change; hands the receiver back to wait again.
