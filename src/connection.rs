@@ -41,8 +41,14 @@ use crate::upstream::{
 const HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Stop reading more commands while this many replies are outstanding.
 const MAX_PENDING: usize = 64 * 1024;
+/// The same on a shared connection, where other clients' replies queue behind this client's:
+/// what one client has in flight there delays the others and is the most a client that
+/// stops reading can still have coming to it.
+const SHARED_MAX_PENDING: usize = 1024;
 /// Read size; larger frames grow the buffer as needed.
 const READ_CHUNK: usize = 16 * 1024;
+/// Granularity of a client's share in the process-wide unread reply total.
+const OUTPUT_STEP: usize = 256 * 1024;
 /// The answer to `CLIENT REPLY ON|OFF|SKIP` queued in MULTI.
 const CLIENT_REPLY_IN_MULTI: &str =
     "ERR CLIENT REPLY inside MULTI is not supported through respguard";
@@ -280,6 +286,11 @@ struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
     max_buffered: usize,
+    /// `max_client_output` and `max_total_output`.
+    max_output: usize,
+    max_total_output: usize,
+    /// Unread reply bytes counted in the process-wide total for this client.
+    charged: usize,
     cbuf: BytesMut,
     cout: BytesMut,
     ubuf: BytesMut,
@@ -425,6 +436,9 @@ pub async fn serve(
     let mut conn = Conn {
         limits,
         max_buffered: cfg.max_buffered_bytes,
+        max_output: cfg.max_client_output,
+        max_total_output: cfg.max_total_output,
+        charged: 0,
         cbuf: BytesMut::new(),
         cout: BytesMut::new(),
         ubuf: BytesMut::new(),
@@ -492,6 +506,8 @@ pub async fn serve(
     if let Err(e) = conn.run(client, &mut up, &mut shutdown, read_timeout).await {
         tracing::debug!(error = %e, "connection ended");
     }
+    conn.cout = BytesMut::new();
+    conn.charge_output();
     conn.flush_run();
 }
 
@@ -606,7 +622,12 @@ impl Conn {
                     || (!self.pin_wanted
                         && self.uout.len() < HIGH_WATER
                         && self.cout.len() < HIGH_WATER
-                        && self.pending.len() < MAX_PENDING));
+                        && self.pending.len()
+                            < if self.mux.is_some() {
+                                SHARED_MAX_PENDING
+                            } else {
+                                MAX_PENDING
+                            }));
             let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
             let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
@@ -664,12 +685,21 @@ impl Conn {
                 r = cwr.writable(), if write_client => {
                     r.map_err(ConnError::Client)?;
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
+                    if self.charged > 0 {
+                        self.charge_output();
+                    }
                 }
                 r = async { match self.mux.as_mut() { Some(m) => m.replies.recv().await, None => std::future::pending().await } }, if self.mux.is_some() || self.pin_wanted => {
                     match r {
                         Some(SharedReply::Frames(b)) => {
+                            // What the client left unread of the replies before these, here
+                            // and still in the channel.
+                            let mut unread = self.cout.len();
                             if let Some(m) = self.mux.as_ref() {
-                                m.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+                                let queued = m
+                                    .queued
+                                    .fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+                                unread += queued.saturating_sub(b.len());
                             }
                             // Shared connections hand over whole replies: scan them where
                             // they are instead of copying them into the read buffer first.
@@ -686,18 +716,15 @@ impl Conn {
                             if let Err(e) = res {
                                 self.upstream_failed(up, e);
                             }
-                            if self.cout.len() > self.max_buffered {
-                                // A shared connection cannot wait for one slow reader without
-                                // stalling the others: a client that does not read its replies
-                                // is cut off at its buffer limit, as Redis does at
-                                // client-output-buffer-limit.
-                                tracing::warn!(
-                                    buffered = self.cout.len(),
-                                    "client does not read its replies; closing"
-                                );
-                                self.shared.metrics.protocol_errors.increment(1);
-                                self.abort = true;
-                            }
+                            self.check_output(unread);
+                        }
+                        Some(SharedReply::Failed {
+                            kind: multiplex::CLIENT_BUFFER,
+                            ..
+                        }) => {
+                            // The shared connection dropped replies this task did not take
+                            // in time: the same limit, noticed there first.
+                            self.output_limit(false, 0);
                         }
                         Some(SharedReply::Failed { sent, message, .. }) => {
                             self.shared_failed(sent, &message);
@@ -756,6 +783,60 @@ impl Conn {
             }
         }
         flush_client(cwr, &mut self.cout).map_err(ConnError::Client)
+    }
+
+    /// A shared connection cannot wait for one slow reader without stalling the others, so
+    /// what a client leaves unread is bounded instead, as Redis bounds it with
+    /// `client-output-buffer-limit`: a client with more than `max_client_output` unread when
+    /// more replies arrive, or one whose replies keep arriving unread while all clients
+    /// together hold more than `max_total_output`, is disconnected. A single reply of any
+    /// size is still delivered: only what is left unread before it counts.
+    fn check_output(&mut self, unread: usize) {
+        self.charge_output();
+        if unread > self.max_output {
+            self.output_limit(false, unread);
+        } else if unread >= OUTPUT_STEP
+            && self
+                .shared
+                .output_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > self.max_total_output
+        {
+            self.output_limit(true, unread);
+        }
+    }
+
+    /// Disconnects a client past its own output limit or the process-wide one (`total`).
+    fn output_limit(&mut self, total: bool, unread: usize) {
+        let m = &self.shared.metrics;
+        if total {
+            m.output_limit_total.increment(1);
+        } else {
+            m.output_limit_client.increment(1);
+        }
+        tracing::warn!(
+            unread,
+            max_client_output = self.max_output,
+            max_total_output = self.max_total_output,
+            "client does not read its replies: output limit reached; closing"
+        );
+        self.abort = true;
+    }
+
+    /// Brings this client's share of the process-wide unread total up to date, in steps of
+    /// [`OUTPUT_STEP`] so a client that reads its replies costs no shared write at all.
+    fn charge_output(&mut self) {
+        let held = self.cout.len();
+        if held.abs_diff(self.charged) < OUTPUT_STEP && (held > 0 || self.charged == 0) {
+            return;
+        }
+        let total = &self.shared.output_bytes;
+        if held > self.charged {
+            total.fetch_add(held - self.charged, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.charged - held, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.charged = held;
     }
 
     /// A shared connection failed. Commands that never reached Redis get an error and the

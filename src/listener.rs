@@ -39,6 +39,9 @@ pub struct Shared {
     /// The namespace handle table of the current policy generation, built once per reload.
     ns_table: Mutex<Option<(u64, Arc<NsTable>)>>,
     clients: AtomicUsize,
+    /// Reply bytes held for clients that have not read them, for `max_total_output`.
+    /// Connections update it in steps, not per reply.
+    pub output_bytes: AtomicUsize,
     /// Shared upstream connections for clients without connection state, if enabled.
     pool: OnceLock<Pool>,
 }
@@ -54,6 +57,7 @@ impl Shared {
             ns_table: Mutex::new(None),
             pool: OnceLock::new(),
             clients: AtomicUsize::new(0),
+            output_bytes: AtomicUsize::new(0),
         }
     }
 
