@@ -291,6 +291,11 @@ struct Conn {
     max_total_output: usize,
     /// Unread reply bytes counted in the process-wide total for this client.
     charged: usize,
+    /// `idle_timeout` and `incomplete_command_timeout` (zero: off).
+    idle_timeout: Duration,
+    incomplete_timeout: Duration,
+    /// When the first bytes of the incomplete command at the end of `cbuf` were read.
+    partial_since: Option<Instant>,
     cbuf: BytesMut,
     cout: BytesMut,
     ubuf: BytesMut,
@@ -392,6 +397,13 @@ enum Slot {
     Mapped(Bytes),
 }
 
+/// Which client timeout a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientTimeout {
+    Idle,
+    Incomplete,
+}
+
 /// Whether Redis answers the client's commands (`CLIENT REPLY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReplyMode {
@@ -439,6 +451,9 @@ pub async fn serve(
         max_output: cfg.max_client_output,
         max_total_output: cfg.max_total_output,
         charged: 0,
+        idle_timeout: cfg.idle_timeout,
+        incomplete_timeout: cfg.incomplete_command_timeout,
+        partial_since: None,
         cbuf: BytesMut::new(),
         cout: BytesMut::new(),
         ubuf: BytesMut::new(),
@@ -632,6 +647,11 @@ impl Conn {
             let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
             let deadline = self.read_deadline(read_timeout, up.connected() || self.mux.is_some());
+            let client_deadline = if read_client {
+                self.client_deadline()
+            } else {
+                None
+            };
 
             tokio::select! {
                 r = crd.readable(), if read_client => {
@@ -741,6 +761,16 @@ impl Conn {
                         return Ok(());
                     }
                     draining = true;
+                }
+                _ = sleep_until(client_deadline.map(|(at, _)| at)), if client_deadline.is_some() => {
+                    if let Some((_, ClientTimeout::Incomplete)) = client_deadline {
+                        self.incomplete_timed_out();
+                    } else {
+                        // Closed without a word, as Redis closes an idle client.
+                        self.shared.metrics.timeout_idle.increment(1);
+                        tracing::debug!("client idle for idle_timeout; closing");
+                        return Ok(());
+                    }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.upstream_failed(up, UpstreamError::ReadTimeout(read_timeout.as_millis()));
@@ -873,6 +903,54 @@ impl Conn {
         }
     }
 
+    /// When the client times out, if a timeout applies: its incomplete command has been
+    /// arriving too long, or it has been idle (nothing read, no reply owed) too long. As in
+    /// Redis, clients waiting for a reply (blocked ones included), subscribers and monitors
+    /// are never idle.
+    fn client_deadline(&self) -> Option<(tokio::time::Instant, ClientTimeout)> {
+        if let Some(since) = self.partial_since {
+            if !self.incomplete_timeout.is_zero() {
+                let at = tokio::time::Instant::from_std(since + self.incomplete_timeout);
+                return Some((at, ClientTimeout::Incomplete));
+            }
+        }
+        if self.idle_timeout.is_zero()
+            || !self.pending.is_empty()
+            || !self.cout.is_empty()
+            || self.monitor
+            || self.subs > 0
+            || self.shard_subs > 0
+        {
+            return None;
+        }
+        let since = self.batch_start.max(self.last_reply_at);
+        Some((
+            tokio::time::Instant::from_std(since + self.idle_timeout),
+            ClientTimeout::Idle,
+        ))
+    }
+
+    /// A command has not arrived in full within `incomplete_command_timeout` of its first
+    /// bytes (a client trickling bytes to hold a connection): the client gets an error after
+    /// the replies it is owed and is closed.
+    fn incomplete_timed_out(&mut self) {
+        self.shared.metrics.timeout_incomplete.increment(1);
+        tracing::debug!("command not received in full within incomplete_command_timeout; closing");
+        self.partial_since = None;
+        self.cbuf.clear();
+        self.quiet = false;
+        let mut b = BytesMut::new();
+        codec::encode_error(
+            &mut b,
+            &format!(
+                "ERR command not received in full within {} ms",
+                self.incomplete_timeout.as_millis()
+            ),
+        );
+        self.push_local(b.freeze(), Outcome::Error, None);
+        self.closing = true;
+    }
+
     /// When the oldest outstanding non-blocking command times out, if a timeout is set.
     fn read_deadline(&self, timeout: Duration, connected: bool) -> Option<tokio::time::Instant> {
         if timeout.is_zero() || !connected || self.monitor || self.subs > 0 || self.shard_subs > 0 {
@@ -905,6 +983,7 @@ impl Conn {
         self.now = self.batch_start;
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
+        let mut incomplete = false;
         while off < buf.len() && !self.closing && !self.pin_wanted {
             let rest = &buf[off..];
             match codec::scan_request(rest, &self.limits, &mut self.spans, &mut self.inline_args) {
@@ -950,6 +1029,7 @@ impl Conn {
                             "ERR Protocol error: client query buffer limit exceeded",
                         );
                     }
+                    incomplete = true;
                     break;
                 }
                 Err(e) => {
@@ -959,6 +1039,12 @@ impl Conn {
             }
         }
         self.flush_run();
+        self.partial_since = match self.partial_since {
+            // Still the same command arriving.
+            Some(since) if incomplete && off == 0 => Some(since),
+            _ if incomplete => Some(self.batch_start),
+            _ => None,
+        };
         let mut buf = buf;
         if off >= buf.len() {
             buf.clear();
