@@ -776,6 +776,30 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_are_validated_with_their_lines() {
+        let cfg = Config::parse("", "t.yaml", &Overrides::default()).unwrap();
+        assert_eq!(cfg.max_client_output, 32 * 1024 * 1024);
+        assert_eq!(cfg.max_total_output, 256 * 1024 * 1024);
+        assert_eq!(cfg.tcp_backlog, 511);
+        assert_eq!(cfg.idle_timeout, Duration::ZERO);
+        assert_eq!(cfg.incomplete_command_timeout, Duration::from_secs(30));
+        let text = "limits:\n  max_client_output: 1kb\n  max_total_output: lots\n  tcp_backlog: 0\n  idle_timeout: soon\n  incomplete_command_timeout: 5 parsecs\n";
+        let err = Config::parse(text, "bad.yaml", &Overrides::default()).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Some(2), "limits.max_client_output"),
+                (Some(3), "limits.max_total_output"),
+                (Some(4), "limits.tcp_backlog"),
+                (Some(5), "limits.idle_timeout"),
+                (Some(6), "limits.incomplete_command_timeout"),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_field_is_refused_with_line() {
         let err = Config::parse(
             "listen: 127.0.0.1:1\nlisen: x\n",
