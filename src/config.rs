@@ -129,6 +129,11 @@ struct RawLimits {
     max_multibulk_len: Option<Spanned<u64>>,
     max_depth: Option<Spanned<u64>>,
     max_buffered_bytes: Option<Spanned<String>>,
+    max_client_output: Option<Spanned<String>>,
+    max_total_output: Option<Spanned<String>>,
+    tcp_backlog: Option<Spanned<u64>>,
+    idle_timeout: Option<Spanned<String>>,
+    incomplete_command_timeout: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,6 +194,19 @@ pub struct Config {
     pub max_clients: usize,
     /// Most bytes buffered for one client in any direction before it is cut off.
     pub max_buffered_bytes: usize,
+    /// Most reply bytes a client on a shared connection may leave unread (beyond the reply
+    /// being delivered) before it is disconnected, like Redis's `client-output-buffer-limit`.
+    pub max_client_output: usize,
+    /// Most reply bytes all clients together may leave unread: past it, the client whose
+    /// replies keep arriving unread is disconnected.
+    pub max_total_output: usize,
+    /// Pending-connection queue of the client listener (Redis's `tcp-backlog`).
+    pub tcp_backlog: u32,
+    /// Close a client idle this long (Redis's `timeout`); zero disables it.
+    pub idle_timeout: Duration,
+    /// Close a client whose command has not arrived in full this long after its first byte;
+    /// zero disables it.
+    pub incomplete_command_timeout: Duration,
     pub shutdown_grace: Duration,
     pub workers: usize,
     pub policy: Option<PolicyConfig>,
@@ -586,6 +604,53 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             Err(e) => p.at(v, "limits.max_buffered_bytes", e),
         }
     }
+    let size_at_least_64kb =
+        |v: &Option<Spanned<String>>, field: &str, default: usize, p: &mut Problems<'_>| match v {
+            None => default,
+            Some(s) => match parse_size(&s.value) {
+                Ok(n) if n >= 64 * 1024 => n,
+                Ok(_) => {
+                    p.at(s, field, "must be at least 64kb");
+                    default
+                }
+                Err(e) => {
+                    p.at(s, field, e);
+                    default
+                }
+            },
+        };
+    let max_client_output = size_at_least_64kb(
+        &l.max_client_output,
+        "limits.max_client_output",
+        32 * 1024 * 1024,
+        &mut p,
+    );
+    let max_total_output = size_at_least_64kb(
+        &l.max_total_output,
+        "limits.max_total_output",
+        256 * 1024 * 1024,
+        &mut p,
+    );
+    let tcp_backlog = match &l.tcp_backlog {
+        Some(v) if v.value == 0 || v.value > 65535 => {
+            p.at(v, "limits.tcp_backlog", "must be between 1 and 65535");
+            511
+        }
+        Some(v) => v.value as u32,
+        None => 511,
+    };
+    let idle_timeout = duration(
+        &l.idle_timeout,
+        "limits.idle_timeout",
+        Duration::ZERO,
+        &mut p,
+    );
+    let incomplete_command_timeout = duration(
+        &l.incomplete_command_timeout,
+        "limits.incomplete_command_timeout",
+        Duration::from_secs(30),
+        &mut p,
+    );
     let workers = match &raw.workers {
         Some(v) if v.value == 0 || v.value > 256 => {
             p.at(v, "workers", "must be between 1 and 256");
@@ -631,6 +696,11 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         limits,
         max_clients,
         max_buffered_bytes,
+        max_client_output,
+        max_total_output,
+        tcp_backlog,
+        idle_timeout,
+        incomplete_command_timeout,
         shutdown_grace,
         workers,
         policy,
@@ -703,6 +773,30 @@ mod tests {
         );
         assert!(lines.contains(&(Some(7), "limits.max_bulk_len")), "{err}");
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn client_limits_are_validated_with_their_lines() {
+        let cfg = Config::parse("", "t.yaml", &Overrides::default()).unwrap();
+        assert_eq!(cfg.max_client_output, 32 * 1024 * 1024);
+        assert_eq!(cfg.max_total_output, 256 * 1024 * 1024);
+        assert_eq!(cfg.tcp_backlog, 511);
+        assert_eq!(cfg.idle_timeout, Duration::ZERO);
+        assert_eq!(cfg.incomplete_command_timeout, Duration::from_secs(30));
+        let text = "limits:\n  max_client_output: 1kb\n  max_total_output: lots\n  tcp_backlog: 0\n  idle_timeout: soon\n  incomplete_command_timeout: 5 parsecs\n";
+        let err = Config::parse(text, "bad.yaml", &Overrides::default()).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Some(2), "limits.max_client_output"),
+                (Some(3), "limits.max_total_output"),
+                (Some(4), "limits.tcp_backlog"),
+                (Some(5), "limits.idle_timeout"),
+                (Some(6), "limits.incomplete_command_timeout"),
+            ],
+            "{err}"
+        );
     }
 
     #[test]

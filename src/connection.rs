@@ -41,8 +41,20 @@ use crate::upstream::{
 const HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Stop reading more commands while this many replies are outstanding.
 const MAX_PENDING: usize = 64 * 1024;
+/// The same on a shared connection, where other clients' replies queue behind this client's:
+/// what one client has in flight there delays the others and is the most a client that
+/// stops reading can still have coming to it.
+const SHARED_MAX_PENDING: usize = 1024;
 /// Read size; larger frames grow the buffer as needed.
 const READ_CHUNK: usize = 16 * 1024;
+/// Granularity of a client's share in the process-wide unread reply total.
+const OUTPUT_STEP: usize = 256 * 1024;
+/// The answer to `CLIENT REPLY ON|OFF|SKIP` queued in MULTI.
+const CLIENT_REPLY_IN_MULTI: &str =
+    "ERR CLIENT REPLY inside MULTI is not supported through respguard";
+/// The answer to `SYNC`/`PSYNC`.
+const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
+    connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
 
 /// What the reply to a command means for the connection.
 #[derive(Debug)]
@@ -51,6 +63,9 @@ enum Kind {
     Reply,
     /// Sent by the proxy (policy append, handshake after RESET): swallow its reply.
     Hidden,
+    /// Sent inside MULTI after a command the proxy refused, so that Redis aborts the
+    /// transaction at EXEC as it would have: its error reply is expected and swallowed.
+    Poison,
     /// Answered by the proxy: these bytes go to the client when the entry reaches the front.
     Local(Bytes, Outcome),
     /// A (un)subscribe command: its reply may come as a pub/sub confirmation frame.
@@ -93,6 +108,9 @@ struct Meta {
     blocking: bool,
     /// Queued in MULTI: its reply is `+QUEUED`, not the data (counted at EXEC instead).
     queued: bool,
+    /// Sent while the client's `CLIENT REPLY` mode suppresses its reply: the reply (Redis's
+    /// or the proxy's) is dropped.
+    quiet: bool,
     /// When the command was read (its batch's read).
     start: Instant,
     /// When its batch was handed to the upstream socket.
@@ -112,6 +130,7 @@ impl Pending {
                 nkeys: 0,
                 blocking: false,
                 queued: false,
+                quiet: false,
                 start,
                 sent: None,
             },
@@ -131,6 +150,10 @@ enum Special {
     Quit,
     Monitor,
     Pubsub,
+    /// `SYNC`/`PSYNC`: refused, as the replication stream is not made of replies.
+    Replication,
+    /// `CLIENT REPLY`: the reply mode is applied by the proxy.
+    ClientReply,
 }
 
 /// What the connection task needs to know about a command beyond its table row, derived
@@ -186,6 +209,8 @@ fn special_of(spec: &'static CommandSpec) -> Special {
         "MONITOR" => Special::Monitor,
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
         | "SUNSUBSCRIBE" => Special::Pubsub,
+        "SYNC" | "PSYNC" => Special::Replication,
+        "CLIENT|REPLY" => Special::ClientReply,
         _ => Special::None,
     }
 }
@@ -261,6 +286,16 @@ struct Conn {
     shared: Arc<Shared>,
     limits: Limits,
     max_buffered: usize,
+    /// `max_client_output` and `max_total_output`.
+    max_output: usize,
+    max_total_output: usize,
+    /// Unread reply bytes counted in the process-wide total for this client.
+    charged: usize,
+    /// `idle_timeout` and `incomplete_command_timeout` (zero: off).
+    idle_timeout: Duration,
+    incomplete_timeout: Duration,
+    /// When the first bytes of the incomplete command at the end of `cbuf` were read.
+    partial_since: Option<Instant>,
     cbuf: BytesMut,
     cout: BytesMut,
     ubuf: BytesMut,
@@ -290,14 +325,17 @@ struct Conn {
     monitor_owed: usize,
     /// Queued commands that change the connection when EXEC runs them.
     multi_specials: Vec<(usize, Special)>,
-    /// A command inside MULTI was refused by the proxy: EXEC must abort, as Redis would.
-    multi_poisoned: bool,
     /// Read no more commands; close once everything owed to the client is written.
     closing: bool,
     /// Close now: pairing can no longer be trusted.
     abort: bool,
-    /// Replies Redis will skip (`CLIENT REPLY OFF` / `SKIP`).
+    /// The client's `CLIENT REPLY` mode. Redis itself always replies (the command is not
+    /// forwarded): replies are dropped here, so the proxy's own replies follow the mode too.
     reply_mode: ReplyMode,
+    /// Whether the reply to the command being handled is suppressed by `reply_mode`.
+    quiet: bool,
+    /// The reply just paired was for a quiet command: the client does not get it.
+    drop_reply: bool,
     /// When the last reply arrived: a command's read timeout starts when it reaches the front.
     last_reply_at: Instant,
     /// Scanner limits for replies: Redis's own values may be larger than clients may send.
@@ -359,6 +397,13 @@ enum Slot {
     Mapped(Bytes),
 }
 
+/// Which client timeout a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientTimeout {
+    Idle,
+    Incomplete,
+}
+
 /// Whether Redis answers the client's commands (`CLIENT REPLY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReplyMode {
@@ -403,6 +448,12 @@ pub async fn serve(
     let mut conn = Conn {
         limits,
         max_buffered: cfg.max_buffered_bytes,
+        max_output: cfg.max_client_output,
+        max_total_output: cfg.max_total_output,
+        charged: 0,
+        idle_timeout: cfg.idle_timeout,
+        incomplete_timeout: cfg.incomplete_command_timeout,
+        partial_since: None,
         cbuf: BytesMut::new(),
         cout: BytesMut::new(),
         ubuf: BytesMut::new(),
@@ -424,12 +475,13 @@ pub async fn serve(
         shard_subs: 0,
         monitor: false,
         multi: None,
-        multi_poisoned: false,
         multi_specials: Vec::new(),
         monitor_owed: 0,
         closing: false,
         abort: false,
         reply_mode: ReplyMode::On,
+        quiet: false,
+        drop_reply: false,
         run: None,
         last_spec: None,
         last_reply_at: Instant::now(),
@@ -469,6 +521,8 @@ pub async fn serve(
     if let Err(e) = conn.run(client, &mut up, &mut shutdown, read_timeout).await {
         tracing::debug!(error = %e, "connection ended");
     }
+    conn.cout = BytesMut::new();
+    conn.charge_output();
     conn.flush_run();
 }
 
@@ -564,6 +618,12 @@ impl Conn {
                 let _ = flush_client(&cwr, &mut self.cout);
                 return Ok(());
             }
+            if client_eof && self.pending.iter().any(|p| p.meta.blocking) {
+                // Redis forgets a blocked client the moment it disconnects. Keeping the
+                // upstream connection would leave it blocked, and the next pushed element
+                // would be popped for nobody: close it now.
+                return Ok(());
+            }
             if (self.closing || client_eof || draining)
                 && self.pending.is_empty()
                 && self.cout.is_empty()
@@ -572,16 +632,26 @@ impl Conn {
                 return Ok(());
             }
             let read_client = !client_eof
-                && !self.closing
                 && !draining
-                && !self.pin_wanted
-                && self.uout.len() < HIGH_WATER
-                && self.cout.len() < HIGH_WATER
-                && self.pending.len() < MAX_PENDING;
+                && (self.closing
+                    || (!self.pin_wanted
+                        && self.uout.len() < HIGH_WATER
+                        && self.cout.len() < HIGH_WATER
+                        && self.pending.len()
+                            < if self.mux.is_some() {
+                                SHARED_MAX_PENDING
+                            } else {
+                                MAX_PENDING
+                            }));
             let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
             let write_up = up.wr.is_some() && !self.uout.is_empty();
             let write_client = !self.cout.is_empty();
             let deadline = self.read_deadline(read_timeout, up.connected() || self.mux.is_some());
+            let client_deadline = if read_client {
+                self.client_deadline()
+            } else {
+                None
+            };
 
             tokio::select! {
                 r = crd.readable(), if read_client => {
@@ -589,6 +659,11 @@ impl Conn {
                     reserve_for_read(&mut self.cbuf);
                     match read_now(&mut crd, &mut self.cbuf) {
                         Ok(Some(0)) => client_eof = true,
+                        Ok(Some(_)) if self.closing => {
+                            // Nothing more is read after QUIT or a protocol error, but the
+                            // socket is still watched so a disconnect is noticed.
+                            self.cbuf.clear();
+                        }
                         Ok(Some(_)) => {
                             self.refresh_policy();
                             self.process_client();
@@ -630,12 +705,21 @@ impl Conn {
                 r = cwr.writable(), if write_client => {
                     r.map_err(ConnError::Client)?;
                     flush_client(&cwr, &mut self.cout).map_err(ConnError::Client)?;
+                    if self.charged > 0 {
+                        self.charge_output();
+                    }
                 }
                 r = async { match self.mux.as_mut() { Some(m) => m.replies.recv().await, None => std::future::pending().await } }, if self.mux.is_some() || self.pin_wanted => {
                     match r {
                         Some(SharedReply::Frames(b)) => {
+                            // What the client left unread of the replies before these, here
+                            // and still in the channel.
+                            let mut unread = self.cout.len();
                             if let Some(m) = self.mux.as_ref() {
-                                m.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+                                let queued = m
+                                    .queued
+                                    .fetch_sub(b.len(), std::sync::atomic::Ordering::AcqRel);
+                                unread += queued.saturating_sub(b.len());
                             }
                             // Shared connections hand over whole replies: scan them where
                             // they are instead of copying them into the read buffer first.
@@ -652,18 +736,15 @@ impl Conn {
                             if let Err(e) = res {
                                 self.upstream_failed(up, e);
                             }
-                            if self.cout.len() > self.max_buffered {
-                                // A shared connection cannot wait for one slow reader without
-                                // stalling the others: a client that does not read its replies
-                                // is cut off at its buffer limit, as Redis does at
-                                // client-output-buffer-limit.
-                                tracing::warn!(
-                                    buffered = self.cout.len(),
-                                    "client does not read its replies; closing"
-                                );
-                                self.shared.metrics.protocol_errors.increment(1);
-                                self.abort = true;
-                            }
+                            self.check_output(unread);
+                        }
+                        Some(SharedReply::Failed {
+                            kind: multiplex::CLIENT_BUFFER,
+                            ..
+                        }) => {
+                            // The shared connection dropped replies this task did not take
+                            // in time: the same limit, noticed there first.
+                            self.output_limit(false, 0);
                         }
                         Some(SharedReply::Failed { sent, message, .. }) => {
                             self.shared_failed(sent, &message);
@@ -680,6 +761,16 @@ impl Conn {
                         return Ok(());
                     }
                     draining = true;
+                }
+                _ = sleep_until(client_deadline.map(|(at, _)| at)), if client_deadline.is_some() => {
+                    if let Some((_, ClientTimeout::Incomplete)) = client_deadline {
+                        self.incomplete_timed_out();
+                    } else {
+                        // Closed without a word, as Redis closes an idle client.
+                        self.shared.metrics.timeout_idle.increment(1);
+                        tracing::debug!("client idle for idle_timeout; closing");
+                        return Ok(());
+                    }
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.upstream_failed(up, UpstreamError::ReadTimeout(read_timeout.as_millis()));
@@ -724,6 +815,60 @@ impl Conn {
         flush_client(cwr, &mut self.cout).map_err(ConnError::Client)
     }
 
+    /// A shared connection cannot wait for one slow reader without stalling the others, so
+    /// what a client leaves unread is bounded instead, as Redis bounds it with
+    /// `client-output-buffer-limit`: a client with more than `max_client_output` unread when
+    /// more replies arrive, or one whose replies keep arriving unread while all clients
+    /// together hold more than `max_total_output`, is disconnected. A single reply of any
+    /// size is still delivered: only what is left unread before it counts.
+    fn check_output(&mut self, unread: usize) {
+        self.charge_output();
+        if unread > self.max_output {
+            self.output_limit(false, unread);
+        } else if unread >= OUTPUT_STEP
+            && self
+                .shared
+                .output_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > self.max_total_output
+        {
+            self.output_limit(true, unread);
+        }
+    }
+
+    /// Disconnects a client past its own output limit or the process-wide one (`total`).
+    fn output_limit(&mut self, total: bool, unread: usize) {
+        let m = &self.shared.metrics;
+        if total {
+            m.output_limit_total.increment(1);
+        } else {
+            m.output_limit_client.increment(1);
+        }
+        tracing::warn!(
+            unread,
+            max_client_output = self.max_output,
+            max_total_output = self.max_total_output,
+            "client does not read its replies: output limit reached; closing"
+        );
+        self.abort = true;
+    }
+
+    /// Brings this client's share of the process-wide unread total up to date, in steps of
+    /// [`OUTPUT_STEP`] so a client that reads its replies costs no shared write at all.
+    fn charge_output(&mut self) {
+        let held = self.cout.len();
+        if held.abs_diff(self.charged) < OUTPUT_STEP && (held > 0 || self.charged == 0) {
+            return;
+        }
+        let total = &self.shared.output_bytes;
+        if held > self.charged {
+            total.fetch_add(held - self.charged, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.charged - held, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.charged = held;
+    }
+
     /// A shared connection failed. Commands that never reached Redis get an error and the
     /// client may go on; if they may have, their replies are lost and the client is closed.
     fn shared_failed(&mut self, sent: bool, message: &str) {
@@ -758,6 +903,54 @@ impl Conn {
         }
     }
 
+    /// When the client times out, if a timeout applies: its incomplete command has been
+    /// arriving too long, or it has been idle (nothing read, no reply owed) too long. As in
+    /// Redis, clients waiting for a reply (blocked ones included), subscribers and monitors
+    /// are never idle.
+    fn client_deadline(&self) -> Option<(tokio::time::Instant, ClientTimeout)> {
+        if let Some(since) = self.partial_since {
+            if !self.incomplete_timeout.is_zero() {
+                let at = tokio::time::Instant::from_std(since + self.incomplete_timeout);
+                return Some((at, ClientTimeout::Incomplete));
+            }
+        }
+        if self.idle_timeout.is_zero()
+            || !self.pending.is_empty()
+            || !self.cout.is_empty()
+            || self.monitor
+            || self.subs > 0
+            || self.shard_subs > 0
+        {
+            return None;
+        }
+        let since = self.batch_start.max(self.last_reply_at);
+        Some((
+            tokio::time::Instant::from_std(since + self.idle_timeout),
+            ClientTimeout::Idle,
+        ))
+    }
+
+    /// A command has not arrived in full within `incomplete_command_timeout` of its first
+    /// bytes (a client trickling bytes to hold a connection): the client gets an error after
+    /// the replies it is owed and is closed.
+    fn incomplete_timed_out(&mut self) {
+        self.shared.metrics.timeout_incomplete.increment(1);
+        tracing::debug!("command not received in full within incomplete_command_timeout; closing");
+        self.partial_since = None;
+        self.cbuf.clear();
+        self.quiet = false;
+        let mut b = BytesMut::new();
+        codec::encode_error(
+            &mut b,
+            &format!(
+                "ERR command not received in full within {} ms",
+                self.incomplete_timeout.as_millis()
+            ),
+        );
+        self.push_local(b.freeze(), Outcome::Error, None);
+        self.closing = true;
+    }
+
     /// When the oldest outstanding non-blocking command times out, if a timeout is set.
     fn read_deadline(&self, timeout: Duration, connected: bool) -> Option<tokio::time::Instant> {
         if timeout.is_zero() || !connected || self.monitor || self.subs > 0 || self.shard_subs > 0 {
@@ -790,6 +983,7 @@ impl Conn {
         self.now = self.batch_start;
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
+        let mut incomplete = false;
         while off < buf.len() && !self.closing && !self.pin_wanted {
             let rest = &buf[off..];
             match codec::scan_request(rest, &self.limits, &mut self.spans, &mut self.inline_args) {
@@ -824,13 +1018,18 @@ impl Conn {
                     }
                     off += len;
                 }
-                Ok(Some(Request::Skip { len })) => off += len,
+                Ok(Some(Request::Skip { len })) => {
+                    // An empty command uses up a `CLIENT REPLY SKIP`, as in Redis.
+                    self.take_quiet();
+                    off += len;
+                }
                 Ok(None) => {
                     if rest.len() > self.max_buffered {
                         self.protocol_error(
                             "ERR Protocol error: client query buffer limit exceeded",
                         );
                     }
+                    incomplete = true;
                     break;
                 }
                 Err(e) => {
@@ -840,6 +1039,12 @@ impl Conn {
             }
         }
         self.flush_run();
+        self.partial_since = match self.partial_since {
+            // Still the same command arriving.
+            Some(since) if incomplete && off == 0 => Some(since),
+            _ if incomplete => Some(self.batch_start),
+            _ => None,
+        };
         let mut buf = buf;
         if off >= buf.len() {
             buf.clear();
@@ -850,6 +1055,7 @@ impl Conn {
     }
 
     fn protocol_error(&mut self, msg: &str) {
+        self.quiet = self.take_quiet();
         self.shared.metrics.protocol_errors.increment(1);
         tracing::debug!(error = msg, "client protocol error; closing");
         let mut b = BytesMut::new();
@@ -861,6 +1067,7 @@ impl Conn {
     /// Queues a reply the proxy makes itself, in order with upstream replies.
     fn push_local(&mut self, bytes: Bytes, outcome: Outcome, cmd: Option<usize>) {
         let mut p = Pending::new(Kind::Local(bytes, outcome), cmd, self.batch_start);
+        p.meta.quiet = self.quiet;
         p.meta.ns = self.scratch.namespace;
         p.meta.actions = self.take_actions();
         p.meta.sensitive = self.take_sensitive();
@@ -912,6 +1119,14 @@ impl Conn {
         };
         let cmd = spec.map(|s| s.index());
         let traits = traits(spec);
+        if traits.special == Special::Replication {
+            // After SYNC/PSYNC Redis sends an RDB payload and then a command stream, not
+            // replies: nothing could be paired or checked any more, and the client would wait
+            // forever. Refused at once, without touching the upstream connection.
+            self.quiet = self.take_quiet();
+            self.refuse(REPLICATION_REFUSED, cmd);
+            return true;
+        }
         if self.monitor {
             // A monitoring connection only streams; replies are not paired any more.
             self.uout.extend_from_slice(raw);
@@ -927,6 +1142,7 @@ impl Conn {
                 // Nothing to clean up on a shared connection: answer QUIT here.
                 self.scratch.namespace = NS_NONE;
                 self.scratch.clear();
+                self.quiet = self.take_quiet();
                 self.push_local(Bytes::from_static(b"+OK\r\n"), Outcome::Ok, cmd);
                 self.closing = true;
                 return true;
@@ -940,6 +1156,13 @@ impl Conn {
             // Pinned: from now on this client has its own upstream connection.
             self.mux = None;
         }
+        self.quiet = if traits.special == Special::Reset {
+            // RESET turns replies back on before answering.
+            self.reply_mode = ReplyMode::On;
+            false
+        } else {
+            self.take_quiet()
+        };
         let verdict = match &self.policy {
             Some(p) => p.check(&argv, spec, &mut self.scratch),
             None => {
@@ -952,6 +1175,12 @@ impl Conn {
                 Verdict::Forward
             }
         };
+        if traits.special == Special::ClientReply
+            && matches!(verdict, Verdict::Forward)
+            && self.client_reply(&argv, cmd)
+        {
+            return true;
+        }
         let (rewritten, tail, append) = match verdict {
             Verdict::Forward => (None, Vec::new(), Vec::new()),
             Verdict::Rewrite(rw) => (rw.command, rw.tail, rw.append),
@@ -980,17 +1209,13 @@ impl Conn {
                 entry.meta.actions = self.take_actions();
                 entry.meta.sensitive = self.take_sensitive();
                 entry.meta.queued = self.multi.is_some();
+                entry.meta.quiet = self.quiet;
                 self.pending.push_back(entry);
                 self.unsent += 1;
                 return true;
             }
             Verdict::Reject(r) => {
-                let mut b = BytesMut::new();
-                codec::encode_error(&mut b, &r.message);
-                if self.multi.is_some() {
-                    self.multi_poisoned = true;
-                }
-                self.push_local(b.freeze(), Outcome::Rejected, cmd);
+                self.refuse(&r.message, cmd);
                 return true;
             }
         };
@@ -999,32 +1224,15 @@ impl Conn {
             Special::Multi => {
                 if self.multi.is_none() {
                     self.multi = Some(Vec::new());
-                    self.multi_poisoned = false;
                 }
                 Kind::Reply
             }
             Special::Exec => match self.multi.take() {
-                Some(_) if self.multi_poisoned => {
-                    // Redis aborts a transaction with a refused command; do the same, and
-                    // tell Redis to drop what it queued.
-                    self.multi_poisoned = false;
-                    self.send(&encode(&[b"DISCARD"]));
-                    self.push(Kind::Hidden, None, false, start);
-                    self.push_local(
-                        Bytes::from_static(
-                            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-                        ),
-                        Outcome::Error,
-                        cmd,
-                    );
-                    return true;
-                }
                 Some(layout) => Kind::Exec(layout, std::mem::take(&mut self.multi_specials)),
                 None => Kind::Reply,
             },
             Special::Discard => {
                 self.multi = None;
-                self.multi_poisoned = false;
                 Kind::Reply
             }
             sp @ (Special::Hello | Special::Monitor | Special::Pubsub) if self.multi.is_some() => {
@@ -1042,7 +1250,6 @@ impl Conn {
             Special::Hello => Kind::Hello,
             Special::Reset => {
                 self.multi = None;
-                self.multi_poisoned = false;
                 Kind::Reset
             }
             Special::Quit => {
@@ -1053,7 +1260,7 @@ impl Conn {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
-            Special::None => {
+            Special::None | Special::Replication | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 let queued = spec.is_none_or(|s| s.name != "WATCH");
                 if let (Some(layout), true) = (self.multi.as_mut(), queued) {
@@ -1082,37 +1289,10 @@ impl Conn {
                 codec::encode_args(&mut self.uout, tail.iter().map(|a| a.as_ref()));
             }
         }
-        let mut replies = self.expect_reply();
-        if spec.is_some_and(|s| s.name == "CLIENT|REPLY") {
-            let mode = argv.get(2).unwrap_or_default();
-            if mode.eq_ignore_ascii_case(b"ON") {
-                // Answered even when replies were off.
-                self.reply_mode = ReplyMode::On;
-                replies = true;
-            } else if mode.eq_ignore_ascii_case(b"OFF") {
-                self.reply_mode = ReplyMode::Off;
-                replies = false;
-            } else if mode.eq_ignore_ascii_case(b"SKIP") {
-                if self.reply_mode != ReplyMode::Off {
-                    self.reply_mode = ReplyMode::SkipNext;
-                }
-                replies = false;
-            }
-        }
-        if !replies {
-            // Redis sends nothing back, so nothing waits in the queue.
-            self.scratch.clear();
-            for extra in append {
-                // Encoded straight into the upstream buffer: no temporary copy.
-                codec::encode_command(&mut self.uout, extra.iter().map(|a| a.as_ref()));
-                if self.expect_reply() {
-                    self.push(Kind::Hidden, None, false, start);
-                }
-            }
-            return true;
-        }
         let mut entry = Pending::new(kind, cmd, start);
-        entry.meta.blocking = blocking;
+        entry.meta.quiet = self.quiet;
+        // Queued in MULTI, a blocking command does not block.
+        entry.meta.blocking = blocking && self.multi.is_none();
         entry.meta.nkeys = argv.len().saturating_sub(1) as u32;
         entry.meta.ns = self.scratch.namespace;
         entry.meta.actions = self.take_actions();
@@ -1150,13 +1330,68 @@ impl Conn {
             if let Some(layout) = self.multi.as_mut() {
                 layout.push(Slot::Hidden);
             }
-            if self.expect_reply() {
-                self.push(Kind::Hidden, None, false, start);
-            }
+            self.push(Kind::Hidden, None, false, start);
         }
         if is_reset {
             // RESET drops the connection's authentication and database: restore the proxy's.
             self.send_handshake(start);
+        }
+        true
+    }
+
+    /// Answers a command the proxy refuses with an error; inside MULTI the transaction then
+    /// aborts at EXEC, as it does in Redis after a command it refuses while queueing.
+    fn refuse(&mut self, message: &str, cmd: Option<usize>) {
+        let mut b = BytesMut::new();
+        codec::encode_error(&mut b, message);
+        self.push_local(b.freeze(), Outcome::Rejected, cmd);
+        if self.multi.is_some() {
+            // A command with the wrong number of arguments: Redis refuses it while queueing
+            // (no effect, not shown by MONITOR) and flags the transaction, so EXEC, forwarded
+            // as the client sent it, gets Redis's own EXECABORT.
+            self.send(b"*1\r\n$3\r\nGET\r\n");
+            self.push(Kind::Poison, None, false, self.batch_start);
+        }
+    }
+
+    /// Handles `CLIENT REPLY ON|OFF|SKIP` here (other forms go to Redis for its error).
+    /// Redis keeps replying; the proxy drops what the client asked not to get, so replies
+    /// the proxy makes itself follow the mode exactly like Redis's.
+    fn client_reply(&mut self, argv: &Argv<'_>, cmd: Option<usize>) -> bool {
+        if argv.len() != 3 {
+            return false;
+        }
+        let mode = argv.get(2).unwrap_or_default();
+        let (next, reply) = if mode.eq_ignore_ascii_case(b"ON") {
+            (ReplyMode::On, Some(Bytes::from_static(b"+OK\r\n")))
+        } else if mode.eq_ignore_ascii_case(b"OFF") {
+            (ReplyMode::Off, None)
+        } else if mode.eq_ignore_ascii_case(b"SKIP") {
+            (ReplyMode::SkipNext, None)
+        } else {
+            return false;
+        };
+        if self.multi.is_some() {
+            // Redis would change the mode halfway through building the EXEC reply.
+            self.refuse(CLIENT_REPLY_IN_MULTI, cmd);
+            return true;
+        }
+        self.scratch.clear();
+        match reply {
+            Some(ok) => {
+                // Answered even when replies were off.
+                self.reply_mode = next;
+                self.quiet = false;
+                self.push_local(ok, Outcome::Ok, cmd);
+            }
+            None => {
+                // A SKIP while replies are off changes nothing.
+                if !(next == ReplyMode::SkipNext && self.reply_mode == ReplyMode::Off) {
+                    self.reply_mode = next;
+                }
+                self.quiet = true;
+                self.push_local(Bytes::new(), Outcome::Ok, cmd);
+            }
         }
         true
     }
@@ -1172,14 +1407,15 @@ impl Conn {
         }
     }
 
-    /// Whether Redis will answer the next command sent, under `CLIENT REPLY`.
-    fn expect_reply(&mut self) -> bool {
+    /// Whether the client's reply mode suppresses the reply to the next command; `SKIP`
+    /// is used up by it.
+    fn take_quiet(&mut self) -> bool {
         match self.reply_mode {
-            ReplyMode::On => true,
-            ReplyMode::Off => false,
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
             ReplyMode::SkipNext => {
                 self.reply_mode = ReplyMode::On;
-                false
+                true
             }
         }
     }
@@ -1221,12 +1457,16 @@ impl Conn {
         for p in pending {
             match p.kind {
                 Kind::Local(b, outcome) => {
-                    self.cout.extend_from_slice(&b);
+                    if !p.meta.quiet {
+                        self.cout.extend_from_slice(&b);
+                    }
                     self.record(&p.meta, outcome, None);
                 }
-                Kind::Hidden => {}
+                Kind::Hidden | Kind::Poison => {}
                 _ => {
-                    self.cout.extend_from_slice(&err);
+                    if !p.meta.quiet {
+                        self.cout.extend_from_slice(&err);
+                    }
                     self.record(&p.meta, Outcome::Error, None);
                 }
             }
@@ -1287,7 +1527,13 @@ impl Conn {
                 }
             };
             let bytes = &rest[..frame.len];
-            match self.on_reply(bytes, frame) {
+            let mut action = self.on_reply(bytes, frame);
+            if self.drop_reply {
+                // The client asked not to get this reply (`CLIENT REPLY OFF`/`SKIP`).
+                self.drop_reply = false;
+                action = Action::Drop;
+            }
+            match action {
                 Action::Forward => {}
                 Action::Drop => {
                     self.cout.extend_from_slice(&buf[run_start..off]);
@@ -1334,7 +1580,9 @@ impl Conn {
                 meta,
             }) = self.pending.pop_front()
             {
-                self.cout.extend_from_slice(&b);
+                if !meta.quiet {
+                    self.cout.extend_from_slice(&b);
+                }
                 self.record(&meta, outcome, None);
             }
         }
@@ -1397,6 +1645,7 @@ impl Conn {
             return Action::Drop;
         };
         self.last_reply_at = self.now;
+        self.drop_reply = p.meta.quiet;
         let outcome = if f.kind == b'-' || f.kind == b'!' {
             Outcome::Error
         } else {
@@ -1413,6 +1662,7 @@ impl Conn {
                 }
                 return Action::Drop;
             }
+            Kind::Poison => return Action::Drop,
             Kind::Local(..) => {
                 // Cannot happen: locals are drained before any upstream reply is paired.
                 tracing::warn!("reply pairing lost; closing the connection");
@@ -1734,12 +1984,6 @@ impl Conn {
         }
         Some(out)
     }
-}
-
-fn encode(args: &[&[u8]]) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode_command(&mut b, args.iter().copied());
-    b
 }
 
 /// Waits for the next shutdown phase change; hands the receiver back to wait again.

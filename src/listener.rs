@@ -39,8 +39,13 @@ pub struct Shared {
     /// The namespace handle table of the current policy generation, built once per reload.
     ns_table: Mutex<Option<(u64, Arc<NsTable>)>>,
     clients: AtomicUsize,
+    /// Reply bytes held for clients that have not read them, for `max_total_output`.
+    /// Connections update it in steps, not per reply.
+    pub output_bytes: AtomicUsize,
     /// Shared upstream connections for clients without connection state, if enabled.
     pool: OnceLock<Pool>,
+    /// The most clients the open file limit allows (see [`clients_for_descriptors`]).
+    client_cap: AtomicUsize,
 }
 
 impl Shared {
@@ -54,6 +59,8 @@ impl Shared {
             ns_table: Mutex::new(None),
             pool: OnceLock::new(),
             clients: AtomicUsize::new(0),
+            output_bytes: AtomicUsize::new(0),
+            client_cap: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -127,6 +134,37 @@ impl Shared {
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
+
+    /// `limits.max_clients`, lowered to what the open file limit allows.
+    pub fn max_clients(&self) -> usize {
+        self.config()
+            .max_clients
+            .min(self.client_cap.load(Ordering::Relaxed))
+    }
+}
+
+/// Descriptors kept for the process itself (listeners, the runtime, logs, admin requests),
+/// as Redis keeps 32 beyond `maxclients`.
+pub const RESERVED_FDS: u64 = 32;
+
+/// The most clients `open_files` descriptors allow: each client may hold two (its socket and
+/// a dedicated upstream connection), after [`RESERVED_FDS`] and the shared connections.
+pub fn clients_for_descriptors(open_files: u64, shared_connections: usize) -> usize {
+    let spare = open_files.saturating_sub(RESERVED_FDS + shared_connections as u64);
+    usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1)
+}
+
+/// Binds the client listener with `backlog` pending connections (std's default is 128, which
+/// a burst of reconnecting clients overflows; Redis uses 511).
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// A running proxy.
@@ -141,7 +179,7 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners and starts serving. Fails only if binding fails.
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind_listener(config.listen, config.tcp_backlog)?;
         let local_addr = listener.local_addr()?;
         let admin_listener = match config.admin {
             Some(a) => Some(TcpListener::bind(a).await?),
@@ -149,7 +187,22 @@ impl Proxy {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let shared_conns = config.upstream.shared_connections;
+        let requested = config.max_clients;
         let shared = Arc::new(Shared::new(config));
+        if let Ok((open_files, _)) = rlimit::Resource::NOFILE.get() {
+            let cap = clients_for_descriptors(open_files, shared_conns);
+            shared.client_cap.store(cap, Ordering::Relaxed);
+            if requested > cap {
+                tracing::warn!(
+                    requested,
+                    open_files,
+                    max_clients = cap,
+                    "max_clients reduced to {cap} to fit the open file limit of {open_files} \
+                     (two descriptors per client, {RESERVED_FDS} kept for the proxy); \
+                     raise `ulimit -n` for more"
+                );
+            }
+        }
         if shared_conns > 0 {
             let _ = shared
                 .pool
@@ -237,7 +290,7 @@ fn admit(
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
 ) {
-    let max = shared.config().max_clients;
+    let max = shared.max_clients();
     let n = shared.clients.fetch_add(1, Ordering::AcqRel);
     if n >= max {
         shared.clients.fetch_sub(1, Ordering::AcqRel);

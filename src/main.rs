@@ -176,6 +176,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
+    raise_open_file_limit();
 
     // One worker runs on the current thread: no cross-thread wake-ups, which is cheapest
     // when the sidecar should use about one core.
@@ -194,6 +195,21 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config, args.overrides))
+}
+
+/// Raises the soft open file limit to the hard one, as Redis does: each client may need two
+/// descriptors, and the default soft limit (often 1024) is far below `max_clients`.
+fn raise_open_file_limit() {
+    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => match before {
+            Ok(soft) if soft < now => {
+                tracing::info!(from = soft, to = now, "open file limit raised");
+            }
+            _ => tracing::info!(open_files = now, "open file limit"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 }
 
 async fn run(config: Config, overrides: Overrides) -> ExitCode {

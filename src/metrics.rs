@@ -60,6 +60,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Client connections closed for malformed or oversized RESP.",
     ),
     (
+        "respguard_client_output_limit_total",
+        "Clients disconnected for leaving replies unread: past their own limit (limit=client) or with the process budget spent (limit=total).",
+    ),
+    (
+        "respguard_client_timeouts_total",
+        "Clients disconnected by a timeout: idle (kind=idle) or a command not received in full in time (kind=incomplete_command).",
+    ),
+    (
         "respguard_upstream_errors_total",
         "Upstream failures by kind.",
     ),
@@ -344,6 +352,12 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub connections_refused: Counter,
     pub protocol_errors: Counter,
+    /// Output limit disconnects: the client's own limit, the process-wide budget.
+    pub output_limit_client: Counter,
+    pub output_limit_total: Counter,
+    /// Timeout disconnects: idle, incomplete command.
+    pub timeout_idle: Counter,
+    pub timeout_incomplete: Counter,
     reloads_ok: Counter,
     reloads_error: Counter,
     commands: Vec<OnceLock<CommandHandles>>,
@@ -371,12 +385,26 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &META);
+        let labelled = |name: &'static str, label: &'static str, value: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(name, vec![Label::new(label, value)]),
+                &META,
+            )
+        };
         let m = Metrics {
             client_connections: recorder
                 .register_gauge(&Key::from_name("respguard_client_connections"), &META),
             connections_total: counter("respguard_client_connections_total"),
             connections_refused: counter("respguard_client_connections_refused_total"),
             protocol_errors: counter("respguard_client_protocol_errors_total"),
+            output_limit_client: labelled("respguard_client_output_limit_total", "limit", "client"),
+            output_limit_total: labelled("respguard_client_output_limit_total", "limit", "total"),
+            timeout_idle: labelled("respguard_client_timeouts_total", "kind", "idle"),
+            timeout_incomplete: labelled(
+                "respguard_client_timeouts_total",
+                "kind",
+                "incomplete_command",
+            ),
             reloads_ok: recorder.register_counter(
                 &Key::from_parts(
                     "respguard_config_reloads_total",

@@ -68,6 +68,9 @@ pub enum SharedReply {
     },
 }
 
+/// [`SharedReply::Failed`] kind of a client that left too many replies in its channel.
+pub const CLIENT_BUFFER: &str = "client_buffer";
+
 pub type ReplyTx = mpsc::UnboundedSender<SharedReply>;
 pub type ReplyRx = mpsc::UnboundedReceiver<SharedReply>;
 
@@ -258,7 +261,9 @@ fn dispatch(
         max_inline_len: usize::MAX >> 1,
         ..sh.config().limits
     };
-    let max_buffered = sh.config().max_buffered_bytes;
+    // The client's task applies `max_client_output` to what it takes from its channel; this
+    // bound only guards against a task that does not take its replies at all.
+    let max_buffered = sh.config().max_client_output.saturating_mul(2);
     let mut off = 0;
     let mut chunk_start = 0;
     let mut result = Ok(());
@@ -313,7 +318,7 @@ fn deliver(w: &Waiting, chunk: Bytes, max_buffered: usize) {
         w.queued.store(FAILED, Ordering::Release);
         let _ = w.to.send(SharedReply::Failed {
             sent: true,
-            kind: "client_buffer",
+            kind: CLIENT_BUFFER,
             message: "client output buffer limit reached: replies are not being read".into(),
         });
         return;
