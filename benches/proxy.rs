@@ -4,6 +4,8 @@
 //!
 //! - `scan_request/*`: `codec::scan_request` over a buffer of 16 pipelined commands, as one
 //!   read from a `redis-benchmark -P 16` client delivers them (element = one command).
+//! - `scan_request_pieces/*`: one 10,001-argument `MGET` arriving in 512-byte reads, scanned
+//!   after each read, resuming (`resume`) or from the start of the request (`rescan`).
 //! - `scan_reply/*`: `ReplyScanner::scan` over one typical reply (element = one reply).
 //! - `lookup/*`, `lookup_keys/*`: `command::lookup` alone, then with `spec.keys()`.
 //! - `count_lookups/*`: `metrics::count_lookups` (reply classification: hit/miss) for GET
@@ -102,6 +104,44 @@ fn scan_request(c: &mut Criterion) {
                     }
                 }
                 black_box(args)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// One large request arriving in 512-byte reads, scanned after each read: resuming where the
+/// previous read stopped (`resume`, what a connection does) against a fresh scan from the
+/// start of the request each time (`rescan`). Element = one argument.
+fn scan_request_pieces(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("scan_request_pieces");
+    let mut args: Vec<Vec<u8>> = vec![b"MGET".to_vec()];
+    args.extend((0..10_000).map(|i| format!("session:{i:012}").into_bytes()));
+    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    let buf = resp(&refs);
+    g.throughput(Throughput::Elements(args.len() as u64));
+    let mut spans: Vec<Span> = Vec::new();
+    let mut inline: Vec<Vec<u8>> = Vec::new();
+    for (name, resume) in [
+        ("mget_10k_512b/resume", true),
+        ("mget_10k_512b/rescan", false),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut scanner = codec::RequestScanner::new();
+                let mut end = 0;
+                loop {
+                    end = (end + 512).min(buf.len());
+                    if !resume {
+                        scanner.reset();
+                    }
+                    match scanner.scan(&buf[..end], &limits, &mut spans, &mut inline) {
+                        Ok(None) => {}
+                        Ok(Some(Request::Multibulk { len })) => break black_box(len),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
             })
         });
     }
@@ -274,5 +314,12 @@ fn lookups(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, scan_request, scan_reply, lookup, lookups);
+criterion_group!(
+    benches,
+    scan_request,
+    scan_request_pieces,
+    scan_reply,
+    lookup,
+    lookups
+);
 criterion_main!(benches);

@@ -80,7 +80,8 @@ pub struct Limits {
     pub max_bulk_len: usize,
     /// Most elements in one request array (Redis accepts 1024 * 1024 * 1024; we default lower).
     pub max_multibulk_len: usize,
-    /// Deepest aggregate nesting accepted in a reply.
+    /// Deepest aggregate nesting accepted in a reply; unbounded by default (the scanner's
+    /// stack grows with the reply's bytes, not with recursion).
     pub max_depth: usize,
     /// Longest inline command line (Redis `PROTO_INLINE_MAX_SIZE`, 64 KB).
     pub max_inline_len: usize,
@@ -91,7 +92,7 @@ impl Default for Limits {
         Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: 1024 * 1024,
-            max_depth: 128,
+            max_depth: usize::MAX,
             max_inline_len: 64 * 1024,
         }
     }
@@ -105,12 +106,20 @@ pub enum ProtocolError {
     InvalidMultibulkLength,
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
-    #[error("Protocol error: expected '$', got '{0}'")]
-    ExpectedBulk(char),
+    /// The byte found where a `$` belongs; [`ProtocolError::reply`] shows it raw, as Redis
+    /// does.
+    #[error("Protocol error: expected '$', got '{}'", char::from(*.0).escape_default())]
+    ExpectedBulk(u8),
+    #[error("Protocol error: too big mbulk count string")]
+    MultibulkLineTooLong,
+    #[error("Protocol error: too big bulk count string")]
+    BulkLineTooLong,
     #[error("Protocol error: too big inline request")]
     InlineTooLong,
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    #[error("Protocol error: client query buffer limit exceeded")]
+    QueryBufferLimit,
     #[error("Protocol error: invalid reply type byte 0x{0:02x}")]
     InvalidType(u8),
     #[error("Protocol error: invalid length or integer line")]
@@ -119,6 +128,24 @@ pub enum ProtocolError {
     TooDeep(usize),
     #[error("Protocol error: missing CRLF after bulk data")]
     MissingCrlf,
+}
+
+impl ProtocolError {
+    /// The error reply Redis sends for this input, byte for byte (`-ERR Protocol error: ...`).
+    pub fn reply(&self) -> bytes::Bytes {
+        let mut out = bytes::BytesMut::new();
+        match self {
+            ProtocolError::ExpectedBulk(b) => {
+                // Redis prints the byte with `%c` and turns CR and LF into spaces.
+                let shown = if matches!(b, b'\r' | b'\n') { b' ' } else { *b };
+                out.extend_from_slice(b"-ERR Protocol error: expected '$', got '");
+                out.extend_from_slice(&[shown]);
+                out.extend_from_slice(b"'\r\n");
+            }
+            other => encode_error(&mut out, &format!("ERR {other}")),
+        }
+        out.freeze()
+    }
 }
 
 /// Outcome of scanning the start of a client buffer.
@@ -158,8 +185,23 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-/// Parses a decimal integer line body. Rejects empty, signs other than a leading `-`, and
-/// overflow, so a hostile length can never wrap.
+/// Position of the first `stop` or NUL byte in `buf`, as C's `strchr` finds `stop` in a
+/// string: a NUL ends the search.
+#[inline]
+fn strchr(buf: &[u8], stop: u8) -> Option<usize> {
+    match buf
+        .iter()
+        .take(SHORT_LINE)
+        .position(|&b| b == stop || b == 0)
+    {
+        Some(i) => Some(i),
+        None if buf.len() <= SHORT_LINE => None,
+        None => Some(SHORT_LINE + memchr::memchr2(stop, 0, buf.get(SHORT_LINE..)?)?),
+    }
+}
+
+/// Parses a decimal integer line body of a reply. Rejects empty, signs other than a leading
+/// `-`, and overflow, so a hostile length can never wrap.
 #[inline]
 fn parse_int(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.split_first() {
@@ -180,103 +222,257 @@ fn parse_int(s: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-/// Scans one client request at the start of `buf`.
-///
-/// On `Multibulk`, `spans` holds one span per argument, relative to `buf`. On `Inline`, the
-/// arguments are written to `inline` (unquoted, unescaped) because they are not contiguous in
-/// `buf`; the caller re-encodes them as a multibulk. `Ok(None)` means more bytes are needed.
+/// Redis's `string2ll`, which reads request lengths: an optional `-`, then digits with no
+/// leading zero (a lone `0` aside), no `+`, no `-0`, at most 20 bytes, no overflow.
+#[inline]
+pub fn string2ll(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    let (&first, rest) = digits.split_first()?;
+    if !(b'1'..=b'9').contains(&first) {
+        return None;
+    }
+    let mut v = u64::from(first - b'0');
+    for &c in rest {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    if neg {
+        // Down to i64::MIN, whose magnitude has no positive i64.
+        (v <= 1 << 63).then(|| 0i64.wrapping_sub(v as i64))
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+/// Where the first argument of a multibulk request the scanner accepted begins: after the
+/// header's `\r` and the byte Redis takes as its `\n` whatever it is (so `*3\rX` is a
+/// header too, and a search for `\n` would land inside the arguments).
+pub fn multibulk_args_at(raw: &[u8]) -> usize {
+    strchr(raw, b'\r').map_or(raw.len(), |cr| (cr + 2).min(raw.len()))
+}
+
+/// Redis refuses a multibulk count above `INT_MAX`.
+const MAX_MULTIBULK_COUNT: i64 = i32::MAX as i64;
+
+/// Scans one client request at the start of `buf` with a fresh [`RequestScanner`].
 pub fn scan_request(
     buf: &[u8],
     limits: &Limits,
     spans: &mut Vec<Span>,
     inline: &mut Vec<Vec<u8>>,
 ) -> Result<Option<Request>, ProtocolError> {
-    spans.clear();
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => scan_multibulk(buf, limits, spans),
-        Some(_) => scan_inline(buf, limits, inline),
-    }
+    RequestScanner::default().scan(buf, limits, spans, inline)
 }
 
-fn scan_multibulk(
-    buf: &[u8],
-    limits: &Limits,
-    spans: &mut Vec<Span>,
-) -> Result<Option<Request>, ProtocolError> {
-    let Some(eol) = find_crlf(buf, 1) else {
-        // Redis refuses a header line longer than its inline limit; so do we, so a client
-        // cannot make us buffer an endless header.
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::InvalidMultibulkLength);
-        }
-        return Ok(None);
-    };
-    let n = parse_int(&buf[1..eol]).ok_or(ProtocolError::InvalidMultibulkLength)?;
-    let mut pos = eol + 2;
-    if n <= 0 {
-        return Ok(Some(Request::Skip { len: pos }));
+/// Scans client requests exactly as Redis's `processMultibulkBuffer` and
+/// `processInlineBuffer` read them, so respguard and Redis always agree on where a command
+/// ends and what its arguments are, and input Redis refuses gets Redis's refusal.
+///
+/// The scanner keeps its progress through an incomplete request: a request that arrives in
+/// many reads (a million-argument `MGET` in 512-byte packets) is scanned once, not once per
+/// read. Between a call that returned `Ok(None)` and the next, the caller must keep the
+/// request at the start of the buffer and only append to it (or call [`RequestScanner::reset`]).
+#[derive(Clone, Debug, Default)]
+pub struct RequestScanner {
+    /// Offset of the next unread header, or of the data of the argument in `bulk`.
+    pos: usize,
+    /// Where the search for the end of the current line resumes.
+    searched: usize,
+    /// Arguments still to come; 0 while the `*` line is unread.
+    left: usize,
+    /// Length of the argument whose data starts at `pos`, once its `$` line is read.
+    bulk: Option<usize>,
+}
+
+impl RequestScanner {
+    pub fn new() -> Self {
+        RequestScanner::default()
     }
-    let n = n as usize;
-    if n > limits.max_multibulk_len {
-        return Err(ProtocolError::InvalidMultibulkLength);
+
+    /// Forgets an incomplete request (its bytes were dropped).
+    pub fn reset(&mut self) {
+        *self = RequestScanner::default();
     }
-    for _ in 0..n {
-        match buf.get(pos) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&c) => return Err(ProtocolError::ExpectedBulk(c as char)),
+
+    /// Scans one request at the start of `buf`, resuming where the previous call stopped.
+    ///
+    /// On `Multibulk`, `spans` holds one span per argument, relative to `buf` (it is filled
+    /// across calls while the request is incomplete: leave it alone in between). On
+    /// `Inline`, the arguments are written to `inline` (unquoted, unescaped) because they are
+    /// not contiguous in `buf`; the caller re-encodes them as a multibulk. `Ok(None)` means
+    /// more bytes are needed.
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        spans: &mut Vec<Span>,
+        inline: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        if buf.len() < self.pos || buf.len() < self.searched {
+            // Not the buffer of the previous call: start over rather than trust offsets.
+            self.reset();
         }
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > 32 {
-                return Err(ProtocolError::InvalidBulkLength);
-            }
-            return Ok(None);
+        let r = match buf.first() {
+            None => Ok(None),
+            Some(b'*') => self.multibulk(buf, limits, spans),
+            Some(_) => self.inline(buf, limits, inline),
         };
-        let len = parse_int(&buf[pos + 1..eol]).ok_or(ProtocolError::InvalidBulkLength)?;
-        if len < 0 || len as usize > limits.max_bulk_len {
-            return Err(ProtocolError::InvalidBulkLength);
+        if !matches!(r, Ok(None)) {
+            self.reset();
         }
-        let start = eol + 2;
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(ProtocolError::MissingCrlf);
-        }
-        spans.push(Span {
-            start: start as u32,
-            end: end as u32,
-        });
-        pos = end + 2;
+        r
     }
-    Ok(Some(Request::Multibulk { len: pos }))
-}
 
-fn scan_inline(
-    buf: &[u8],
-    limits: &Limits,
-    inline: &mut Vec<Vec<u8>>,
-) -> Result<Option<Request>, ProtocolError> {
-    let Some(nl) = memchr::memchr(b'\n', buf) else {
-        if buf.len() > limits.max_inline_len {
+    /// The `\r` ending the line that starts at `at`, as Redis finds it: the first `\r` before
+    /// any NUL, followed by one more byte of any value (Redis skips two bytes without looking
+    /// at the second). With no `\r` and more than the inline limit buffered, or a `\r` further
+    /// than the limit, `too_big`.
+    #[inline]
+    fn line_end(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        limits: &Limits,
+        too_big: ProtocolError,
+    ) -> Result<Option<usize>, ProtocolError> {
+        let from = self.searched.max(at);
+        let rest = buf.get(from..).unwrap_or_default();
+        match strchr(rest, b'\r') {
+            // A line longer than the limit is refused however it arrives (Redis refuses it
+            // when a read leaves more than the limit buffered without a `\r`).
+            Some(i) if rest[i] == b'\r' && from + i - at > limits.max_inline_len => Err(too_big),
+            Some(i) if rest[i] == b'\r' => {
+                self.searched = from + i;
+                Ok((from + i + 1 < buf.len()).then_some(from + i))
+            }
+            found => {
+                // After a NUL no line end is ever found: Redis waits until the limit.
+                self.searched = from + found.unwrap_or(rest.len());
+                if buf.len() - at > limits.max_inline_len {
+                    return Err(too_big);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn multibulk(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        spans: &mut Vec<Span>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        if self.left == 0 {
+            spans.clear();
+            let Some(cr) = self.line_end(buf, 0, limits, ProtocolError::MultibulkLineTooLong)?
+            else {
+                return Ok(None);
+            };
+            let n = string2ll(&buf[1..cr])
+                .filter(|&n| n <= MAX_MULTIBULK_COUNT)
+                .ok_or(ProtocolError::InvalidMultibulkLength)?;
+            let after = cr + 2;
+            if n <= 0 {
+                return Ok(Some(Request::Skip { len: after }));
+            }
+            if n as u64 > limits.max_multibulk_len as u64 {
+                return Err(ProtocolError::InvalidMultibulkLength);
+            }
+            self.left = n as usize;
+            self.pos = after;
+            self.searched = after;
+            self.bulk = None;
+        }
+        while self.left > 0 {
+            let len = match self.bulk {
+                Some(len) => len,
+                None => {
+                    let at = self.pos;
+                    let Some(cr) =
+                        self.line_end(buf, at, limits, ProtocolError::BulkLineTooLong)?
+                    else {
+                        return Ok(None);
+                    };
+                    // Redis looks at the type byte only once the whole line is in.
+                    if buf[at] != b'$' {
+                        return Err(ProtocolError::ExpectedBulk(buf[at]));
+                    }
+                    let len = string2ll(&buf[at + 1..cr])
+                        .filter(|&l| l >= 0 && l as u64 <= limits.max_bulk_len as u64)
+                        .ok_or(ProtocolError::InvalidBulkLength)?;
+                    self.pos = cr + 2;
+                    self.bulk = Some(len as usize);
+                    len as usize
+                }
+            };
+            let start = self.pos;
+            // Redis skips the two bytes after the data without checking they are CRLF.
+            let Some(next) = start.checked_add(len).and_then(|e| e.checked_add(2)) else {
+                return Err(ProtocolError::InvalidBulkLength);
+            };
+            if buf.len() < next {
+                return Ok(None);
+            }
+            if next > u32::MAX as usize {
+                // Spans are 32-bit: a request this large is past any sane buffer limit.
+                return Err(ProtocolError::QueryBufferLimit);
+            }
+            spans.push(Span {
+                start: start as u32,
+                end: (start + len) as u32,
+            });
+            self.pos = next;
+            self.searched = next;
+            self.bulk = None;
+            self.left -= 1;
+        }
+        Ok(Some(Request::Multibulk { len: self.pos }))
+    }
+
+    fn inline(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        inline: &mut Vec<Vec<u8>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let from = self.searched;
+        let rest = buf.get(from..).unwrap_or_default();
+        let nl = match strchr(rest, b'\n') {
+            Some(i) if rest[i] == b'\n' => from + i,
+            found => {
+                // Without a line feed before any NUL the line is not complete (Redis
+                // searches with `strchr`) until it is too long.
+                self.searched = from + found.unwrap_or(rest.len());
+                if buf.len() > limits.max_inline_len {
+                    return Err(ProtocolError::InlineTooLong);
+                }
+                return Ok(None);
+            }
+        };
+        if nl > limits.max_inline_len {
             return Err(ProtocolError::InlineTooLong);
         }
-        return Ok(None);
-    };
-    if nl > limits.max_inline_len {
-        return Err(ProtocolError::InlineTooLong);
+        let line = match buf[..nl].last() {
+            Some(b'\r') => &buf[..nl - 1],
+            _ => &buf[..nl],
+        };
+        split_inline_args(line, inline)?;
+        if inline.is_empty() {
+            return Ok(Some(Request::Skip { len: nl + 1 }));
+        }
+        Ok(Some(Request::Inline { len: nl + 1 }))
     }
-    let line = match buf[..nl].last() {
-        Some(b'\r') => &buf[..nl - 1],
-        _ => &buf[..nl],
-    };
-    split_inline_args(line, inline)?;
-    if inline.is_empty() {
-        return Ok(Some(Request::Skip { len: nl + 1 }));
-    }
-    Ok(Some(Request::Inline { len: nl + 1 }))
 }
 
 /// C's `isspace`: what Redis skips between inline arguments and accepts after a quote.
@@ -448,40 +644,77 @@ pub struct ReplyFrame {
 }
 
 /// Scans replies without recursion; reuses its stack between frames.
+///
+/// Like [`RequestScanner`], it keeps its progress through an incomplete reply, so a large
+/// reply arriving in many reads is scanned once. Between a call that returned `Ok(None)` and
+/// the next, the reply must stay at the start of the buffer and only be appended to (or call
+/// [`ReplyScanner::reset`]); a fresh scanner or one that just returned a frame or an error
+/// takes any buffer.
 #[derive(Debug, Default)]
 pub struct ReplyScanner {
+    /// Elements still owed by each open aggregate, outermost first.
     stack: Vec<i64>,
+    /// Offset of the next header to read in the reply being scanned (0: none in progress).
+    pos: usize,
+    /// The frame's value: type byte, offset and count, once its header is read.
+    top: Option<(u8, usize, i64)>,
 }
 
 impl ReplyScanner {
     pub fn new() -> Self {
-        ReplyScanner { stack: Vec::new() }
+        ReplyScanner::default()
     }
 
-    /// Scans one reply at the start of `buf`. `Ok(None)`: incomplete.
+    /// Forgets an incomplete reply (its bytes were dropped).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.top = None;
+        self.stack.clear();
+        if self.stack.capacity() > 4096 {
+            // A deep reply grew the stack: do not keep that memory for the next one.
+            self.stack = Vec::new();
+        }
+    }
+
+    /// Scans one reply at the start of `buf`, resuming where the previous call stopped.
+    /// `Ok(None)`: incomplete.
     pub fn scan(
         &mut self,
         buf: &[u8],
         limits: &Limits,
     ) -> Result<Option<ReplyFrame>, ProtocolError> {
-        self.stack.clear();
-        let mut pos = 0usize;
-        let mut top: Option<(u8, usize, i64)> = None;
+        if self.pos == 0 || self.pos > buf.len() {
+            self.reset();
+        }
+        let r = self.scan_from(buf, limits);
+        if !matches!(r, Ok(None)) {
+            self.pos = 0;
+        }
+        r
+    }
+
+    fn scan_from(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<ReplyFrame>, ProtocolError> {
         // Each iteration reads one value header; aggregates push their element count and the
-        // loop continues until every open aggregate has received all its elements.
+        // loop continues until every open aggregate has received all its elements. On
+        // `Ok(None)`, `self.pos` is the header of the element that is not complete yet: the
+        // stack and `top` do not include it, so the next call starts over from that header.
         loop {
-            let Some(&t) = buf.get(pos) else {
+            let header_at = self.pos;
+            let Some(&t) = buf.get(header_at) else {
                 return Ok(None);
             };
-            let Some(eol) = find_crlf(buf, pos + 1) else {
-                if buf.len() - pos > limits.max_inline_len {
+            let Some(eol) = find_crlf(buf, header_at + 1) else {
+                if buf.len() - header_at > limits.max_inline_len {
                     return Err(ProtocolError::InvalidLine);
                 }
                 return Ok(None);
             };
-            let line = &buf[pos + 1..eol];
-            let header_at = pos;
-            pos = eol + 2;
+            let line = &buf[header_at + 1..eol];
+            let mut pos = eol + 2;
             let mut children: i64 = 0;
             let mut count: i64 = 0;
             match t {
@@ -492,11 +725,13 @@ impl ReplyScanner {
                 b'$' | b'!' | b'=' => {
                     let len = parse_int(line).ok_or(ProtocolError::InvalidBulkLength)?;
                     if len >= 0 {
-                        if len as usize > limits.max_bulk_len {
+                        if len as u64 > limits.max_bulk_len as u64 {
                             return Err(ProtocolError::InvalidBulkLength);
                         }
-                        let end = pos + len as usize;
-                        if buf.len() < end + 2 {
+                        let Some(end) = pos.checked_add(len as usize) else {
+                            return Err(ProtocolError::InvalidBulkLength);
+                        };
+                        if buf.len() < end.saturating_add(2) {
                             return Ok(None);
                         }
                         if &buf[end..end + 2] != b"\r\n" {
@@ -530,8 +765,10 @@ impl ReplyScanner {
                 }
                 other => return Err(ProtocolError::InvalidType(other)),
             }
+            // The header (and a blob's data) is complete: commit it.
+            self.pos = pos;
             if self.stack.is_empty() && t != b'|' {
-                top = Some((t, header_at, count));
+                self.top = Some((t, header_at, count));
             }
             if children > 0 {
                 if self.stack.len() >= limits.max_depth {
@@ -541,20 +778,15 @@ impl ReplyScanner {
                 continue;
             }
             // A leaf (or empty aggregate) completes one element of each finished parent.
-            loop {
-                match self.stack.last_mut() {
-                    None => break,
-                    Some(rem) => {
-                        *rem -= 1;
-                        if *rem > 0 {
-                            break;
-                        }
-                        self.stack.pop();
-                    }
+            while let Some(rem) = self.stack.last_mut() {
+                *rem -= 1;
+                if *rem > 0 {
+                    break;
                 }
+                self.stack.pop();
             }
             if self.stack.is_empty() {
-                if let Some((kind, value_at, count)) = top {
+                if let Some((kind, value_at, count)) = self.top.take() {
                     return Ok(Some(ReplyFrame {
                         len: pos,
                         kind,
@@ -639,9 +871,168 @@ mod tests {
         );
         assert_eq!(scan(b"*3\r\n"), Err(ProtocolError::InvalidMultibulkLength));
         assert_eq!(scan(b"*1\r\n$9\r\n"), Err(ProtocolError::InvalidBulkLength));
-        assert_eq!(scan(b"*1\r\n+x\r\n"), Err(ProtocolError::ExpectedBulk('+')));
+        assert_eq!(
+            scan(b"*1\r\n+x\r\n"),
+            Err(ProtocolError::ExpectedBulk(b'+'))
+        );
         assert_eq!(scan(b"*0\r\n"), Ok(Some(Request::Skip { len: 4 })));
         assert_eq!(scan(b"PING\r\n"), Ok(Some(Request::Inline { len: 6 })));
+    }
+
+    #[test]
+    fn string2ll_reads_lengths_as_redis_does() {
+        assert_eq!(string2ll(b"0"), Some(0));
+        assert_eq!(string2ll(b"12"), Some(12));
+        assert_eq!(string2ll(b"-7"), Some(-7));
+        assert_eq!(string2ll(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(string2ll(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"-0",
+            b"00",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1a",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+            b"000000000000000000001",
+        ] {
+            assert_eq!(string2ll(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// Scans `input` whole: the outcome and, for a multibulk, its arguments.
+    fn scan_all(input: &[u8]) -> (Result<Option<Request>, ProtocolError>, Vec<Vec<u8>>) {
+        let mut spans = Vec::new();
+        let mut inline = Vec::new();
+        let r = scan_request(input, &Limits::default(), &mut spans, &mut inline);
+        let args = match r {
+            Ok(Some(Request::Multibulk { .. })) => spans
+                .iter()
+                .map(|s| input[s.start as usize..s.end as usize].to_vec())
+                .collect(),
+            Ok(Some(Request::Inline { .. })) => inline,
+            _ => Vec::new(),
+        };
+        (r, args)
+    }
+
+    #[test]
+    fn request_lengths_and_lines_follow_redis() {
+        use ProtocolError::*;
+        let bad_count: [&[u8]; 6] = [
+            b"*+1\r\n$4\r\nPING\r\n",
+            b"*01\r\n$4\r\nPING\r\n",
+            b"*-0\r\n",
+            b"* 3\r\n",
+            b"*2147483648\r\n",
+            b"*\r\n",
+        ];
+        for input in bad_count {
+            assert_eq!(scan_all(input).0, Err(InvalidMultibulkLength), "{input:?}");
+        }
+        for input in [
+            &b"*1\r\n$04\r\nPING\r\n"[..],
+            b"*1\r\n$+4\r\nPING\r\n",
+            b"*1\r\n$-0\r\nPING\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*1\r\n$\r\n",
+            b"*1\r\n$536870913\r\n",
+        ] {
+            assert_eq!(scan_all(input).0, Err(InvalidBulkLength), "{input:?}");
+        }
+        // Skipped as Redis skips them.
+        assert_eq!(scan_all(b"*0\r\n").0, Ok(Some(Request::Skip { len: 4 })));
+        assert_eq!(scan_all(b"*-5\r\n").0, Ok(Some(Request::Skip { len: 5 })));
+        // Redis takes any byte after a header's CR as its LF, and skips the two bytes after
+        // bulk data unread: respguard must frame such input identically.
+        let (r, args) = scan_all(b"*1\rX$4\r\nPINGxy*1");
+        assert_eq!(r, Ok(Some(Request::Multibulk { len: 14 })));
+        assert_eq!(args, vec![b"PING".to_vec()]);
+        // The type byte is only checked once its line is complete.
+        assert_eq!(scan_all(b"*1\r\nx4").0, Ok(None));
+        assert_eq!(scan_all(b"*1\r\nx4\r\n").0, Err(ExpectedBulk(b'x')));
+        assert_eq!(
+            ExpectedBulk(0xff).reply(),
+            &b"-ERR Protocol error: expected '$', got '\xff'\r\n"[..]
+        );
+        assert_eq!(
+            ExpectedBulk(b'\r').reply(),
+            &b"-ERR Protocol error: expected '$', got ' '\r\n"[..]
+        );
+        // A NUL before the line end hides it (Redis searches with strchr): the request waits
+        // until the line is too long.
+        for input in [&b"*1\0\r\n"[..], b"*1\r\n$4\0\r\nPING\r\n", b"PING\0\r\n"] {
+            assert_eq!(scan_all(input).0, Ok(None), "{input:?}");
+        }
+        let mut long = b"*1\0".to_vec();
+        long.resize(64 * 1024 + 2, b'x');
+        assert_eq!(scan_all(&long).0, Err(MultibulkLineTooLong));
+        let mut long = b"*1\r\n$4".to_vec();
+        long.resize(4 + 64 * 1024, b'x');
+        assert_eq!(scan_all(&long).0, Ok(None));
+        long.push(b'x');
+        assert_eq!(scan_all(&long).0, Err(BulkLineTooLong));
+        // Inline: CRLF or LF ends the line; an empty line is skipped.
+        assert_eq!(scan_all(b"\n").0, Ok(Some(Request::Skip { len: 1 })));
+        assert_eq!(scan_all(b"  \r\n").0, Ok(Some(Request::Skip { len: 4 })));
+        let (r, args) = scan_all(b"PING\rPING\n");
+        assert_eq!(r, Ok(Some(Request::Inline { len: 10 })));
+        assert_eq!(args, vec![b"PING".to_vec(), b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn a_request_in_pieces_scans_like_the_whole() {
+        let limits = Limits::default();
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n".to_vec(),
+            b"*1\rX$4\r\nPINGxy".to_vec(),
+            b"*2\r\n$4\r\nECHO\r\n$0\r\n\r\n".to_vec(),
+            b"SET a \"b c\"\r\n".to_vec(),
+            b"*1\r\n$04\r\nPING\r\n".to_vec(),
+            b"*1\r\nx4\r\n".to_vec(),
+        ];
+        let mut big = b"*1001\r\n$4\r\nMGET\r\n".to_vec();
+        for i in 0..1000 {
+            big.extend_from_slice(
+                format!("${}\r\nkey:{i}\r\n", 4 + i.to_string().len()).as_bytes(),
+            );
+        }
+        inputs.push(big);
+        for input in &inputs {
+            let whole = scan_all(input);
+            for piece in [1, 2, 3, 7, 512] {
+                let mut s = RequestScanner::new();
+                let mut spans = Vec::new();
+                let mut inline = Vec::new();
+                let mut got = Ok(None);
+                let mut end = 0;
+                while end < input.len() {
+                    end = (end + piece).min(input.len());
+                    got = s.scan(&input[..end], &limits, &mut spans, &mut inline);
+                    if !matches!(got, Ok(None)) {
+                        break;
+                    }
+                }
+                let args: Vec<Vec<u8>> = match got {
+                    Ok(Some(Request::Multibulk { .. })) => spans
+                        .iter()
+                        .map(|s| input[s.start as usize..s.end as usize].to_vec())
+                        .collect(),
+                    Ok(Some(Request::Inline { .. })) => inline.clone(),
+                    _ => Vec::new(),
+                };
+                assert_eq!(
+                    (got, args),
+                    whole,
+                    "{piece}-byte pieces of {:?}",
+                    &input[..20.min(input.len())]
+                );
+            }
+        }
     }
 
     #[test]

@@ -302,6 +302,9 @@ struct Conn {
     uout: BytesMut,
     pending: VecDeque<Pending>,
     spans: Vec<Span>,
+    /// Progress through an incomplete request at the start of `cbuf`, so each byte is
+    /// scanned once however many reads the request takes.
+    reqscan: codec::RequestScanner,
     inline_args: Vec<Vec<u8>>,
     inline_buf: BytesMut,
     scratch: Scratch,
@@ -460,6 +463,7 @@ pub async fn serve(
         uout: BytesMut::new(),
         pending: VecDeque::new(),
         spans: Vec::new(),
+        reqscan: codec::RequestScanner::new(),
         inline_args: Vec::new(),
         inline_buf: BytesMut::new(),
         scratch: Scratch::default(),
@@ -986,7 +990,10 @@ impl Conn {
         let mut incomplete = false;
         while off < buf.len() && !self.closing && !self.pin_wanted {
             let rest = &buf[off..];
-            match codec::scan_request(rest, &self.limits, &mut self.spans, &mut self.inline_args) {
+            match self
+                .reqscan
+                .scan(rest, &self.limits, &mut self.spans, &mut self.inline_args)
+            {
                 Ok(Some(Request::Multibulk { len })) => {
                     let raw = &rest[..len];
                     let spans = std::mem::take(&mut self.spans);
@@ -1033,7 +1040,7 @@ impl Conn {
                     break;
                 }
                 Err(e) => {
-                    self.protocol_error(&format!("ERR {e}"));
+                    self.protocol_error_reply(&e.to_string(), e.reply());
                     break;
                 }
             }
@@ -1055,12 +1062,17 @@ impl Conn {
     }
 
     fn protocol_error(&mut self, msg: &str) {
+        let mut b = BytesMut::new();
+        codec::encode_error(&mut b, msg);
+        self.protocol_error_reply(msg, b.freeze());
+    }
+
+    /// Answers input Redis would refuse with Redis's own error reply, then closes.
+    fn protocol_error_reply(&mut self, msg: &str, reply: Bytes) {
         self.quiet = self.take_quiet();
         self.shared.metrics.protocol_errors.increment(1);
         tracing::debug!(error = msg, "client protocol error; closing");
-        let mut b = BytesMut::new();
-        codec::encode_error(&mut b, msg);
-        self.push_local(b.freeze(), Outcome::Error, None);
+        self.push_local(reply, Outcome::Error, None);
         self.closing = true;
     }
 
@@ -1279,7 +1291,7 @@ impl Conn {
             None => {
                 // The client's arguments stay as they were; only the count and the added
                 // arguments are written anew.
-                let header_end = memchr::memchr(b'\n', raw).map_or(0, |i| i + 1);
+                let header_end = codec::multibulk_args_at(raw);
                 let mut ib = [0u8; 20];
                 self.uout.extend_from_slice(b"*");
                 self.uout

@@ -163,7 +163,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                 }
                 if let Some(w) = wr.as_ref() {
                     if let Err(e) = flush(w, &mut out) {
-                        fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e.into());
+                        fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                     }
                 }
             }
@@ -185,7 +185,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     (Ok(()), None) => Ok(()),
                 };
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e);
+                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e);
                 }
             }
             r = async { match wr.as_ref() { Some(w) => w.writable().await, None => std::future::pending().await } }, if want_write => {
@@ -195,7 +195,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     None => Ok(()),
                 });
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb), &mut fifo, e.into());
+                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                 }
             }
         }
@@ -227,7 +227,7 @@ fn fail(
     sh: &Shared,
     rd: &mut Option<UpRead>,
     wr: &mut Option<UpWrite>,
-    (out, inb): (&mut BytesMut, &mut BytesMut),
+    (out, inb, scanner): (&mut BytesMut, &mut BytesMut, &mut ReplyScanner),
     fifo: &mut VecDeque<Waiting>,
     e: UpstreamError,
 ) {
@@ -238,6 +238,7 @@ fn fail(
     out.clear();
     // A partial reply of the broken connection must not precede the next connection's.
     inb.clear();
+    scanner.reset();
     for w in fifo.drain(..) {
         let _ = w.to.send(SharedReply::Failed {
             sent: true,
@@ -254,11 +255,14 @@ fn dispatch(
     scanner: &mut ReplyScanner,
     sh: &Shared,
 ) -> Result<(), UpstreamError> {
-    // A shared connection carries many clients' replies: only the nesting depth is bounded
-    // here; each client applies its own size limits when it receives its frames.
+    // A shared connection carries many clients' replies: nothing is bounded here (the
+    // scanner's stack grows with the reply's bytes, not by recursion); each client applies its
+    // own limits, nesting included, when it receives its frames, so a reply over a limit fails
+    // only the client that asked for it.
     let limits = crate::codec::Limits {
         max_bulk_len: usize::MAX >> 1,
         max_inline_len: usize::MAX >> 1,
+        max_depth: usize::MAX,
         ..sh.config().limits
     };
     // The client's task applies `max_client_output` to what it takes from its channel; this

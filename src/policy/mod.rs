@@ -275,6 +275,9 @@ pub type PolicyConfig = std::sync::Arc<Policy>;
 pub enum Flow {
     /// Go on to the next stage.
     Continue,
+    /// Forward the command unchanged, skipping the later stages: Redis refuses it before it
+    /// runs (wrong arity, a bad numkeys), so it touches no key and Redis's error is exact.
+    Forward,
     /// Refuse the command.
     Stop(Refusal),
 }
@@ -400,6 +403,13 @@ impl Policy {
         let spec = match self.rules.check(argv, spec) {
             commands::Decision::Known(spec) => spec,
             commands::Decision::UnknownAllowed => return Verdict::Forward,
+            commands::Decision::Refuse(r)
+                if r.rule == Rule::UnknownCommand && self.keys_unconstrained() =>
+            {
+                // No rule could apply to its keys, wherever they are: Redis answers it (with
+                // its own "unknown command" error when it does not know it either).
+                return Verdict::Forward;
+            }
             commands::Decision::Refuse(r) => return self.refuse(scratch, r),
         };
         let mut plan = Plan::default();
@@ -412,8 +422,10 @@ impl Policy {
         }
 
         // 2. keys and naming
-        if let Flow::Stop(r) = naming::check(self, spec, argv, scratch) {
-            return self.refuse(scratch, r);
+        match naming::check(self, spec, argv, scratch) {
+            Flow::Continue => {}
+            Flow::Forward => return Verdict::Forward,
+            Flow::Stop(r) => return self.refuse(scratch, r),
         }
 
         // 3. Sensitive data, before TTL: it reads the original `argv` and puts a rewritten
@@ -455,6 +467,14 @@ impl Policy {
             },
             Err(sensitive_stage::Stop::Refuse(r)) => Err(self.refuse(scratch, r)),
         }
+    }
+
+    /// True when no rule can apply to any key: unknown keys are allowed, no namespace has a
+    /// TTL rule and nothing sensitive is configured.
+    fn keys_unconstrained(&self) -> bool {
+        self.unknown_keys == UnknownKeys::Allow
+            && self.namespaces.iter().all(|n| n.ttl.is_none())
+            && self.sensitive.is_none()
     }
 
     fn refuse(&self, scratch: &mut Scratch, r: Refusal) -> Verdict {

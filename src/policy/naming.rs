@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use crate::codec::Argv;
-use crate::command::CommandSpec;
+use crate::command::{CommandSpec, KeyError};
 
 use super::pattern::KeyMatch;
 use super::{Flow, NsId, Policy, Refusal, Rule, UnknownKeys, NS_UNMATCHED};
@@ -47,6 +47,10 @@ pub fn check(
     scratch: &mut super::Scratch,
 ) -> Flow {
     if let Err(e) = spec.keys(argv, &mut scratch.keys) {
+        if refused_before_running(spec, argv, &e) {
+            scratch.keys.clear();
+            return Flow::Forward;
+        }
         return Flow::Stop(Refusal {
             rule: Rule::Malformed,
             namespace: NS_UNMATCHED,
@@ -96,6 +100,25 @@ pub fn check(
         });
     }
     Flow::Continue
+}
+
+/// Whether Redis refuses the command before it runs, so it touches no key and can go to Redis
+/// for Redis's own error: a wrong argument count (checked against the same command table
+/// Redis uses), a numkeys that is not an integer, negative, zero where keys are required, or
+/// larger than the arguments (every command with a numkeys reads it before any key), and
+/// `XREAD`/`XREADGROUP` without `STREAMS` or with unbalanced streams and IDs (both parse all
+/// their options first). Other failures (keys respguard cannot locate) stay refusals.
+fn refused_before_running(spec: &CommandSpec, argv: &Argv<'_>, e: &KeyError) -> bool {
+    if !spec.check_arity(argv.len()) {
+        return true;
+    }
+    match e {
+        KeyError::NumKeysNotInteger { .. } | KeyError::NumKeysOutOfRange { .. } => true,
+        KeyError::Unbalanced { .. } | KeyError::MissingKeyword { .. } => {
+            matches!(spec.name, "XREAD" | "XREADGROUP")
+        }
+        _ => false,
+    }
 }
 
 /// Patterns of namespaces whose first segment is the key's first segment, else a few of all.
