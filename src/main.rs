@@ -172,10 +172,16 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for w in &config.warnings {
+            eprintln!("respguard: warning: {w}");
+        }
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
     init_logging();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
 
     // One worker runs on the current thread: no cross-thread wake-ups, which is cheapest
     // when the sidecar should use about one core.

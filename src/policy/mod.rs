@@ -25,8 +25,9 @@
 //! The sensitive stage then runs audit-only: its findings are recorded in
 //! [`Scratch::sensitive`] with the action `audit`, since the data did reach Redis.
 //!
-//! Known limit: keys a script (`EVAL`, `FCALL`) touches without declaring them in its key list
-//! are invisible to the proxy and cannot be checked; declared keys are checked like any other.
+//! Scripts (`EVAL`, `FCALL`, ...) can touch keys they do not declare, out of the proxy's sight;
+//! `policy.scripts` refuses them, checks only their declared keys, or lets them through, and
+//! the Redis ACL user `respguard acl` prints is the wall inside them.
 
 pub mod commands;
 pub mod json;
@@ -112,8 +113,15 @@ pub enum Rule {
     /// The command reads keys it does not name (`SORT ... BY pattern`), which cannot be checked.
     UncheckedKeys,
     /// A written value holds sensitive data, with `action: reject` (or, for `XADD`, every
-    /// field of the entry is sensitive and an empty entry cannot be stored).
+    /// field of the entry is sensitive and an empty entry cannot be stored), or cannot be
+    /// inspected in a namespace with sensitive rules (a partial write, an opaque payload, a
+    /// document nested too deep).
     Sensitive,
+    /// The command runs code inside Redis, with `scripts: refuse`.
+    Script,
+    /// The command copies or moves data into a namespace whose sensitive rules the source
+    /// namespace's rules do not imply.
+    CrossNamespace,
 }
 
 impl Rule {
@@ -128,6 +136,8 @@ impl Rule {
             Rule::Malformed => "malformed",
             Rule::UncheckedKeys => "unchecked_keys",
             Rule::Sensitive => "sensitive",
+            Rule::Script => "script",
+            Rule::CrossNamespace => "cross_namespace",
         }
     }
 }
@@ -399,7 +409,7 @@ impl Policy {
         // 1. command rules
         let spec = match self.rules.check(argv, spec) {
             commands::Decision::Known(spec) => spec,
-            commands::Decision::UnknownAllowed => return Verdict::Forward,
+            commands::Decision::Unchecked => return Verdict::Forward,
             commands::Decision::Refuse(r) => return self.refuse(scratch, r),
         };
         let mut plan = Plan::default();
@@ -548,6 +558,11 @@ impl Policy {
 
     pub fn unknown_keys(&self) -> UnknownKeys {
         self.unknown_keys
+    }
+
+    /// The compiled command rules (`denied_commands`, `scripts`).
+    pub fn command_rules(&self) -> &commands::CommandRules {
+        &self.rules
     }
 
     pub(crate) fn matcher(&self) -> &pattern::Matcher {

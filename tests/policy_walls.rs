@@ -1,0 +1,359 @@
+//! The policy as a security control, probed the way a reviewer walks around it, against a
+//! real Redis through the proxy: scripts, administrative commands, values the policy cannot
+//! inspect, and data moved between namespaces. What reached Redis is read back directly.
+
+#[macro_use]
+mod common;
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_respguard");
+
+fn example_yaml() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
+    std::fs::read_to_string(path).expect("config/example.yaml")
+}
+
+/// A small policy with sensitive rules; `extra` is spliced into `policy:`.
+fn policy(extra: &str) -> String {
+    format!(
+        r#"
+policy:
+  unknown_keys: reject
+{extra}
+  sensitive:
+    fields: [password, ssn, token]
+    action: strip
+    detect: [card_number, us_ssn]
+  namespaces:
+    user_profile:
+      keys: ["user_profile:{{id}}"]
+      ttl: {{ default: 1h, min: 1h, max: 2h }}
+      sensitive:
+        fields: [password, ssn, token, dateOfBirth]
+    temp:
+      keys: ["temp:{{workflow}}:{{id}}"]
+      ttl: {{ default: 1h, min: 10m, max: 7d }}
+    other:
+      keys: ["other:{{workflow}}:{{id}}"]
+      ttl: {{ default: 1h, min: 10m, max: 7d }}
+    counters:
+      keys: ["counters:{{id}}"]
+      ttl: {{ default: 1h }}
+      sensitive: {{ fields: [], detect: [] }}
+"#
+    )
+}
+
+fn is_policy_error(reply: &[u8]) -> bool {
+    reply.starts_with(b"-POLICY ")
+}
+
+#[track_caller]
+fn assert_policy_error(reply: &[u8], contains: &str, what: &str) {
+    let text = String::from_utf8_lossy(reply);
+    assert!(
+        is_policy_error(reply) && text.contains(contains),
+        "{what}: expected a POLICY error mentioning {contains:?}, got {text:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts
+
+const FLUSHALL_SCRIPT: &[u8] = b"return redis.call('flushall')";
+const SET_SCRIPT: &[u8] = b"return redis.call('set','bad:eval','x')";
+const LIB: &[u8] = b"#!lua name=walls\nredis.register_function('wipe', function() return redis.call('flushall') end)";
+
+#[tokio::test]
+async fn the_example_policy_refuses_every_way_to_run_code() {
+    let mut e = common::policy_env(&example_yaml()).await;
+    assert_eq!(
+        e.d.ask(&[b"SET", b"user_profile:1", b"kept"]).await,
+        b"+OK\r\n"
+    );
+    let sha = {
+        let r = e.d.ask(&[b"SCRIPT", b"LOAD", FLUSHALL_SCRIPT]).await;
+        // $40\r\n<sha>\r\n
+        r[5..45].to_vec()
+    };
+    assert_eq!(
+        e.d.ask(&[b"FUNCTION", b"LOAD", LIB]).await,
+        b"$5\r\nwalls\r\n"
+    );
+    let attempts: [&[&[u8]]; 10] = [
+        &[b"EVAL", FLUSHALL_SCRIPT, b"0"],
+        &[b"EVAL", SET_SCRIPT, b"0"],
+        &[b"eval_ro", b"return redis.call('keys','*')", b"0"],
+        &[b"EVALSHA", &sha, b"0"],
+        &[b"EVALSHA_RO", &sha, b"0"],
+        &[b"FCALL", b"wipe", b"0"],
+        &[b"FCALL_RO", b"wipe", b"0"],
+        &[b"SCRIPT", b"LOAD", FLUSHALL_SCRIPT],
+        &[b"FUNCTION", b"LOAD", b"REPLACE", LIB],
+        &[b"FUNCTION", b"RESTORE", b"x"],
+    ];
+    for cmd in attempts {
+        let r = e.c.ask(cmd).await;
+        assert_policy_error(&r, "policy.scripts: refuse", &common::show(cmd[0]));
+    }
+    assert_eq!(
+        e.d.ask(&[b"GET", b"user_profile:1"]).await,
+        b"$4\r\nkept\r\n",
+        "a script emptied Redis"
+    );
+    assert_eq!(e.d.ask(&[b"EXISTS", b"bad:eval"]).await, b":0\r\n");
+    // What scripts need besides running code stays open: checking the cache of scripts.
+    let exists: &[&[u8]] = &[b"SCRIPT", b"EXISTS", &sha];
+    assert_eq!(e.c.ask(exists).await, e.d.ask(exists).await);
+}
+
+#[tokio::test]
+async fn scripts_declared_keys_checks_the_declared_keys_only() {
+    let mut e = common::policy_env(&policy("  scripts: declared_keys")).await;
+    let r =
+        e.c.ask(&[
+            b"EVAL",
+            b"return redis.call('get',KEYS[1])",
+            b"1",
+            b"bad:key",
+        ])
+        .await;
+    assert_policy_error(&r, "matches no namespace", "declared bad key");
+    let ok: &[&[u8]] = &[
+        b"EVAL",
+        b"return redis.call('set',KEYS[1],'v')",
+        b"1",
+        b"temp:a:1",
+    ];
+    assert_eq!(e.c.ask(ok).await, b"+OK\r\n");
+    // The documented limit of this setting: undeclared keys are out of sight.
+    assert_eq!(e.c.ask(&[b"EVAL", SET_SCRIPT, b"0"]).await, b"+OK\r\n");
+}
+
+#[tokio::test]
+async fn scripts_allow_forwards_scripts_unchecked() {
+    let mut e = common::policy_env(&policy("  scripts: allow")).await;
+    let cmd: &[&[u8]] = &[
+        b"EVAL",
+        b"return redis.call('set',KEYS[1],'v')",
+        b"1",
+        b"bad:declared",
+    ];
+    assert_eq!(e.c.ask(cmd).await, b"+OK\r\n");
+    assert_eq!(e.d.ask(&[b"TTL", b"bad:declared"]).await, b":-1\r\n");
+}
+
+#[tokio::test]
+async fn a_bad_scripts_setting_or_category_is_reported_with_line_and_field() {
+    let yaml = policy("  scripts: sometimes\n  denied_commands: [\"@admn\", \"CLIENT|KILL\"]");
+    let err = respguard::config::Config::parse(
+        &yaml,
+        "walls.yaml",
+        &respguard::config::Overrides::default(),
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("walls.yaml:4: policy.scripts: \"sometimes\" is not valid"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "walls.yaml:5: policy.denied_commands[0]: \"@admn\" is not a Redis ACL category"
+        ),
+        "{text}"
+    );
+    assert_eq!(err.0.len(), 2, "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Administrative commands
+
+#[tokio::test]
+async fn the_example_policy_refuses_administrative_commands() {
+    let mut e = common::policy_env(&example_yaml()).await;
+    let refused: &[&[&[u8]]] = &[
+        &[b"REPLICAOF", b"127.0.0.1", b"1"],
+        &[b"SLAVEOF", b"NO", b"ONE"],
+        &[
+            b"ACL",
+            b"SETUSER",
+            b"intruder",
+            b"on",
+            b"nopass",
+            b"+@all",
+            b"~*",
+        ],
+        &[b"ACL", b"DELUSER", b"default"],
+        &[b"ACL", b"LIST"],
+        &[b"ACL", b"SAVE"],
+        &[b"CLIENT", b"KILL", b"ID", b"1"],
+        &[b"client", b"pause", b"10000"],
+        &[b"CLIENT", b"LIST"],
+        &[b"SCRIPT", b"FLUSH"],
+        &[b"FUNCTION", b"FLUSH"],
+        &[b"FUNCTION", b"DELETE", b"lib"],
+        &[b"MONITOR"],
+        &[b"SWAPDB", b"0", b"1"],
+        &[b"BGSAVE"],
+        &[b"SAVE"],
+        &[b"BGREWRITEAOF"],
+        &[b"MODULE", b"LOAD", b"/tmp/x.so"],
+        &[b"FLUSHALL"],
+        &[b"FLUSHDB", b"ASYNC"],
+        &[b"KEYS", b"*"],
+        &[b"DEBUG", b"SLEEP", b"0"],
+        &[b"SHUTDOWN", b"NOSAVE"],
+        &[b"CONFIG", b"SET", b"maxmemory", b"1"],
+        &[b"CONFIG", b"GET", b"requirepass"],
+        &[b"FAILOVER"],
+        &[
+            b"MIGRATE",
+            b"127.0.0.1",
+            b"1",
+            b"user_profile:1",
+            b"0",
+            b"10",
+        ],
+        &[b"SLOWLOG", b"RESET"],
+        &[b"LATENCY", b"RESET"],
+    ];
+    for cmd in refused {
+        let r = e.c.ask(cmd).await;
+        let name: Vec<String> = cmd.iter().take(2).map(|a| common::show(a)).collect();
+        assert_policy_error(&r, "is disabled here", &name.join(" "));
+    }
+    // The server is untouched: still a master, no new user, not paused.
+    let role = e.d.ask(&[b"ROLE"]).await;
+    assert!(
+        role.starts_with(b"*3\r\n$6\r\nmaster"),
+        "{}",
+        common::show(&role)
+    );
+    assert_eq!(
+        e.d.ask(&[b"ACL", b"USERS"]).await,
+        b"*1\r\n$7\r\ndefault\r\n"
+    );
+    // What applications and client libraries send on connect still passes, as Redis answers.
+    let open: &[&[&[u8]]] = &[
+        &[b"PING"],
+        &[b"ACL", b"WHOAMI"],
+        &[b"CLIENT", b"SETNAME", b"app"],
+        &[b"CLIENT", b"GETNAME"],
+        &[b"ECHO", b"x"],
+    ];
+    for cmd in open {
+        assert_eq!(
+            e.c.ask(cmd).await,
+            e.d.ask(cmd).await,
+            "{}",
+            common::show(cmd[0])
+        );
+    }
+    let info = e.c.ask(&[b"INFO", b"server"]).await;
+    assert!(info.starts_with(b"$"), "{}", common::show(&info));
+}
+
+#[tokio::test]
+async fn denied_categories_cover_their_subcommands_and_names_use_redis_spelling() {
+    let mut e = common::policy_env(&policy(
+        "  denied_commands: [\"@dangerous\", \"CLIENT|SETNAME\", \"object encoding\"]",
+    ))
+    .await;
+    let cmds: [&[&[u8]]; 5] = [
+        &[b"INFO"],
+        &[b"SORT", b"temp:a:1"],
+        &[b"CONFIG", b"GET", b"x"],
+        &[b"CLIENT", b"SETNAME", b"x"],
+        &[b"OBJECT", b"ENCODING", b"temp:a:1"],
+    ];
+    for cmd in cmds {
+        let r = e.c.ask(cmd).await;
+        assert_policy_error(&r, "is disabled here", &common::show(cmd[0]));
+    }
+    let ok: &[&[u8]] = &[b"OBJECT", b"FREQ", b"temp:a:1"];
+    assert_eq!(e.c.ask(ok).await, e.d.ask(ok).await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --check-config warnings
+
+fn check_config(yaml: &str, extra: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "respguard-walls-{}-{}",
+        std::process::id(),
+        common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml).expect("write policy");
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&path)
+        .args(extra)
+        .env_remove("RESPGUARD_UPSTREAM")
+        .env_remove("RESPGUARD_UPSTREAM_PASSWORD")
+        .output()
+        .expect("run respguard");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_warns_about_open_dangerous_commands_and_scripts() {
+    let (code, out, err) = check_config(&policy(""), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains("warning:") && err.contains("@dangerous command(s) stay open: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("FLUSHALL") && err.contains("CONFIG|SET"),
+        "{err}"
+    );
+    assert!(
+        err.contains("policy.scripts: scripts: declared_keys"),
+        "{err}"
+    );
+
+    let closed = policy("  scripts: refuse\n  denied_commands: [\"@dangerous\"]");
+    let (code, out, err) = check_config(&closed, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // The example leaves exactly the documented few open.
+    let (code, _, err) = check_config(&example_yaml(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("4 @dangerous command(s) stay open: INFO, RESTORE, SORT, SORT_RO;"),
+        "{err}"
+    );
+    assert!(!err.contains("policy.scripts"), "{err}");
+}
+
+#[test]
+fn a_password_on_the_command_line_is_warned_about_and_never_printed() {
+    let closed = policy("  scripts: refuse\n  denied_commands: [\"@dangerous\"]");
+    let (code, out, err) = check_config(
+        &closed,
+        &["--upstream", "redis://app:hunter2-secret@127.0.0.1:6390"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("--upstream: upstream.url: the upstream URL carries a password")
+            && err.contains("upstream.password_file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}"
+    );
+    let (_, _, err) = check_config(&closed, &["--upstream", "redis://app@127.0.0.1:6390"]);
+    assert!(!err.contains("warning"), "{err}");
+}
