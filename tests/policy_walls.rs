@@ -357,3 +357,196 @@ fn a_password_on_the_command_line_is_warned_about_and_never_printed() {
     let (_, _, err) = check_config(&closed, &["--upstream", "redis://app@127.0.0.1:6390"]);
     assert!(!err.contains("warning"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Values the policy cannot see: fail closed, or inspect where that is exact
+
+/// The payload of a RESP2 bulk-string reply.
+fn bulk_value(reply: &[u8]) -> Vec<u8> {
+    let text_end = reply
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("a bulk reply");
+    let len: usize = std::str::from_utf8(&reply[1..text_end])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a bulk reply: {}", common::show(reply)));
+    reply[text_end + 2..text_end + 2 + len].to_vec()
+}
+
+#[tokio::test]
+async fn partial_writes_into_a_namespace_with_sensitive_rules_are_refused() {
+    let mut e = common::policy_env(&policy("")).await;
+    let start: &[u8] = br#"{"name":"x""#;
+    assert_eq!(
+        e.d.ask(&[b"SET", b"user_profile:1", start]).await,
+        b"+OK\r\n"
+    );
+    let attempts: [&[&[u8]]; 6] = [
+        &[b"APPEND", b"user_profile:1", br#","password":"hunter2"}"#],
+        &[b"APPEND", b"user_profile:2", br#"{"password":"hunter2"}"#],
+        &[b"SETRANGE", b"user_profile:1", b"2", b"password"],
+        &[b"SETBIT", b"user_profile:1", b"7", b"1"],
+        &[b"bitfield", b"user_profile:1", b"SET", b"u8", b"0", b"123"],
+        &[b"APPEND", b"temp:a:1", b"4111 1111 1111 1111"],
+    ];
+    for cmd in attempts {
+        let r = e.c.ask(cmd).await;
+        assert_policy_error(
+            &r,
+            "changes part of the value",
+            &format!("{} {}", common::show(cmd[0]), common::show(cmd[1])),
+        );
+    }
+    assert_eq!(
+        bulk_value(&e.d.ask(&[b"GET", b"user_profile:1"]).await),
+        start
+    );
+    assert_eq!(e.d.ask(&[b"EXISTS", b"user_profile:2"]).await, b":0\r\n");
+    // Reads, and namespaces without sensitive rules, are untouched.
+    let read: &[&[u8]] = &[b"BITFIELD", b"user_profile:1", b"GET", b"u8", b"0"];
+    assert_eq!(e.c.ask(read).await, e.d.ask(read).await);
+    assert_eq!(e.c.ask(&[b"APPEND", b"counters:1", b"ab"]).await, b":2\r\n");
+    assert_eq!(
+        e.c.ask(&[b"SETRANGE", b"counters:1", b"1", b"password"])
+            .await,
+        b":9\r\n"
+    );
+    assert_eq!(
+        e.c.ask(&[b"SETBIT", b"counters:2", b"7", b"1"]).await,
+        b":0\r\n"
+    );
+    // Where they pass, partial writes that create a key still get the namespace's TTL.
+    for key in [&b"counters:1"[..], b"counters:2"] {
+        let ttl = e.d.ask(&[b"TTL", key]).await;
+        assert!(
+            ttl == b":3600\r\n" || ttl == b":3599\r\n",
+            "{}",
+            common::show(&ttl)
+        );
+    }
+}
+
+#[tokio::test]
+async fn zincrby_and_geoadd_members_are_inspected_like_zadd_members() {
+    let mut e = common::policy_env(&policy("")).await;
+    let member: &[u8] = br#"{"a":1,"password":"hunter2"}"#;
+    assert_eq!(
+        e.c.ask(&[b"ZINCRBY", b"temp:z:1", b"2", member]).await,
+        b"$1\r\n2\r\n"
+    );
+    assert_eq!(
+        e.d.ask(&[b"ZRANGE", b"temp:z:1", b"0", b"-1"]).await,
+        common::bulk_array(&[br#"{"a":1}"#])
+    );
+    let geo_member: &[u8] = br#"{"city":"p","token":"t0k"}"#;
+    assert_eq!(
+        e.c.ask(&[
+            b"GEOADD",
+            b"temp:g:1",
+            b"CH",
+            b"13.36",
+            b"38.11",
+            geo_member,
+            b"15.08",
+            b"37.50",
+            b"4111 1111 1111 1111",
+        ])
+        .await,
+        b":2\r\n"
+    );
+    let stored = e.d.ask(&[b"ZRANGE", b"temp:g:1", b"0", b"-1"]).await;
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        text.contains(r#"{"city":"p"}"#) && text.contains("[REDACTED]") && !text.contains("t0k"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn restore_payloads_are_inspected_and_opaque_ones_refused() {
+    let mut e = common::policy_env(&policy("")).await;
+    // Payloads made by Redis itself: a short plain string, a long compressed one, a hash.
+    let with_dob: &[u8] = br#"{"name":"x","dateOfBirth":"1990-01-01"}"#;
+    let long_secret = format!(r#"{{"pad":"{}","password":"hunter2"}}"#, "ab".repeat(200));
+    let clean = format!(r#"{{"pad":"{}","name":"x"}}"#, "ab".repeat(200));
+    e.d.ask(&[b"SET", b"src:1", with_dob]).await;
+    e.d.ask(&[b"SET", b"src:2", long_secret.as_bytes()]).await;
+    e.d.ask(&[b"SET", b"src:3", clean.as_bytes()]).await;
+    e.d.ask(&[b"HSET", b"src:4", b"f", b"v"]).await;
+    let encoding = e.d.ask(&[b"OBJECT", b"ENCODING", b"src:2"]).await;
+    assert_eq!(encoding, b"$3\r\nraw\r\n");
+    let mut dumps = Vec::new();
+    for k in [&b"src:1"[..], b"src:2", b"src:3", b"src:4"] {
+        dumps.push(bulk_value(&e.d.ask(&[b"DUMP", k]).await));
+    }
+    // The long value really is LZF-compressed in its payload (shorter than the value).
+    assert!(dumps[1].len() < long_secret.len(), "{}", dumps[1].len());
+
+    let r =
+        e.c.ask(&[b"RESTORE", b"user_profile:1", b"0", &dumps[0]])
+            .await;
+    assert_policy_error(
+        &r,
+        "\"dateOfBirth\" (in a RESTORE payload",
+        "DUMP with dateOfBirth",
+    );
+    let r = e.c.ask(&[b"RESTORE", b"temp:r:2", b"0", &dumps[1]]).await;
+    assert_policy_error(&r, "\"password\"", "compressed DUMP with a password");
+    let r = e.c.ask(&[b"RESTORE", b"temp:r:4", b"0", &dumps[3]]).await;
+    assert_policy_error(
+        &r,
+        "RDB type 16, which respguard does not decode",
+        "DUMP of a hash",
+    );
+    let r =
+        e.c.ask(&[b"RESTORE", b"temp:r:5", b"0", b"\x00\x05hel"])
+            .await;
+    assert_policy_error(&r, "not a well-formed DUMP payload", "broken payload");
+    for k in [
+        &b"user_profile:1"[..],
+        b"temp:r:2",
+        b"temp:r:4",
+        b"temp:r:5",
+    ] {
+        assert_eq!(e.d.ask(&[b"EXISTS", k]).await, b":0\r\n");
+    }
+    // A clean payload is restored as sent (and gets its TTL); so is a hash where no
+    // sensitive rules apply.
+    assert_eq!(
+        e.c.ask(&[b"RESTORE", b"temp:r:3", b"0", &dumps[2]]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        bulk_value(&e.d.ask(&[b"GET", b"temp:r:3"]).await),
+        clean.as_bytes()
+    );
+    assert_eq!(
+        e.c.ask(&[b"RESTORE", b"counters:4", b"0", &dumps[3]]).await,
+        b"+OK\r\n"
+    );
+}
+
+#[tokio::test]
+async fn json_nested_deeper_than_the_parser_goes_is_refused_when_it_may_hold_a_field() {
+    let mut e = common::policy_env(&policy("")).await;
+    let deep = |inner: &str| format!("{}{inner}{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+    let secret = deep(r#"{"password":"hunter2"}"#);
+    let r = e.c.ask(&[b"SET", b"temp:d:1", secret.as_bytes()]).await;
+    assert_policy_error(
+        &r,
+        "nested deeper than 128 levels",
+        "deep JSON with a password",
+    );
+    assert_eq!(e.d.ask(&[b"EXISTS", b"temp:d:1"]).await, b":0\r\n");
+    // Nothing that looks like a configured field anywhere: stored as sent.
+    let harmless = deep(r#"{"name":"x"}"#);
+    assert_eq!(
+        e.c.ask(&[b"SET", b"temp:d:2", harmless.as_bytes()]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        bulk_value(&e.d.ask(&[b"GET", b"temp:d:2"]).await),
+        harmless.as_bytes()
+    );
+}

@@ -30,6 +30,7 @@
 //! the Redis ACL user `respguard acl` prints is the wall inside them.
 
 pub mod commands;
+mod dump;
 pub mod json;
 mod load;
 pub mod naming;
