@@ -550,3 +550,126 @@ async fn json_nested_deeper_than_the_parser_goes_is_refused_when_it_may_hold_a_f
         harmless.as_bytes()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Moves between namespaces
+
+#[tokio::test]
+async fn data_cannot_move_into_a_namespace_with_stricter_sensitive_rules() {
+    let mut e = common::policy_env(&policy("")).await;
+    let dob: &[u8] = br#"{"dateOfBirth":"1990-01-01"}"#;
+    let setup: [&[&[u8]]; 7] = [
+        &[b"SET", b"temp:a:1", dob],
+        &[b"SADD", b"temp:s:1", dob],
+        &[b"RPUSH", b"temp:l:1", dob, dob, dob, dob, dob],
+        &[b"ZADD", b"temp:z:1", b"1", dob],
+        &[b"GEOADD", b"temp:g:1", b"15.08", b"37.50", dob],
+        &[b"PFADD", b"temp:h:1", b"a"],
+        &[b"SET", b"counters:1", dob],
+    ];
+    for cmd in setup {
+        let r = e.d.ask(cmd).await;
+        assert!(!r.starts_with(b"-"), "{}", common::show(&r));
+    }
+    let refused: [&[&[u8]]; 22] = [
+        &[b"RENAME", b"temp:a:1", b"user_profile:1"],
+        &[b"RENAMENX", b"temp:a:1", b"user_profile:1"],
+        &[b"COPY", b"temp:a:1", b"user_profile:1"],
+        &[
+            b"COPY",
+            b"temp:a:1",
+            b"user_profile:1",
+            b"DB",
+            b"1",
+            b"REPLACE",
+        ],
+        &[b"SMOVE", b"temp:s:1", b"user_profile:1", dob],
+        &[b"LMOVE", b"temp:l:1", b"user_profile:1", b"LEFT", b"RIGHT"],
+        &[b"RPOPLPUSH", b"temp:l:1", b"user_profile:1"],
+        &[
+            b"BLMOVE",
+            b"temp:l:1",
+            b"user_profile:1",
+            b"LEFT",
+            b"RIGHT",
+            b"0",
+        ],
+        &[b"BRPOPLPUSH", b"temp:l:1", b"user_profile:1", b"0"],
+        &[b"SORT", b"temp:l:1", b"ALPHA", b"STORE", b"user_profile:1"],
+        &[b"SINTERSTORE", b"user_profile:1", b"temp:s:1"],
+        &[b"SUNIONSTORE", b"user_profile:1", b"temp:s:1"],
+        &[b"SDIFFSTORE", b"user_profile:1", b"temp:s:1"],
+        &[b"ZUNIONSTORE", b"user_profile:1", b"1", b"temp:z:1"],
+        &[b"ZINTERSTORE", b"user_profile:1", b"1", b"temp:z:1"],
+        &[b"ZDIFFSTORE", b"user_profile:1", b"1", b"temp:z:1"],
+        &[b"ZRANGESTORE", b"user_profile:1", b"temp:z:1", b"0", b"-1"],
+        &[
+            b"GEOSEARCHSTORE",
+            b"user_profile:1",
+            b"temp:g:1",
+            b"FROMLONLAT",
+            b"15",
+            b"37",
+            b"BYRADIUS",
+            b"200",
+            b"km",
+        ],
+        &[
+            b"GEORADIUS",
+            b"temp:g:1",
+            b"15",
+            b"37",
+            b"200",
+            b"km",
+            b"STORE",
+            b"user_profile:1",
+        ],
+        &[b"BITOP", b"OR", b"user_profile:1", b"temp:a:1"],
+        &[b"PFMERGE", b"user_profile:1", b"temp:h:1"],
+        &[b"RENAME", b"counters:1", b"user_profile:1"],
+    ];
+    for cmd in refused {
+        let r = e.c.ask(cmd).await;
+        assert_policy_error(
+            &r,
+            "whose sensitive rules are stricter",
+            &common::show(cmd[0]),
+        );
+    }
+    assert_eq!(e.d.ask(&[b"EXISTS", b"user_profile:1"]).await, b":0\r\n");
+    e.d.ask(&[b"SELECT", b"1"]).await;
+    assert_eq!(e.d.ask(&[b"DBSIZE"]).await, b":0\r\n");
+    e.d.ask(&[b"SELECT", b"0"]).await;
+    assert_eq!(e.d.ask(&[b"LLEN", b"temp:l:1"]).await, b":5\r\n");
+
+    // Between namespaces with the same rules, and within one, moves pass as Redis answers;
+    // into stricter rules they are refused whichever namespace the data came from.
+    let allowed: [(&[&[u8]], &[u8]); 4] = [
+        (&[b"COPY", b"temp:a:1", b"other:a:1"], b":1\r\n"),
+        (&[b"RENAME", b"other:a:1", b"user_profile:2"], b"-POLICY"),
+        (&[b"SUNIONSTORE", b"other:s:1", b"temp:s:1"], b":1\r\n"),
+        (&[b"MOVE", b"temp:h:1", b"1"], b":1\r\n"),
+    ];
+    for (cmd, want) in allowed {
+        let r = e.c.ask(cmd).await;
+        assert!(
+            r.starts_with(want),
+            "{}: {}",
+            common::show(cmd[0]),
+            common::show(&r)
+        );
+    }
+    e.d.ask(&[b"SET", b"user_profile:3", b"{}"]).await;
+    for (cmd, want) in [
+        (
+            &[&b"COPY"[..], b"user_profile:3", b"temp:c:1"][..],
+            &b":1\r\n"[..],
+        ),
+        (
+            &[b"RENAME", b"user_profile:3", b"user_profile:4"],
+            b"+OK\r\n",
+        ),
+    ] {
+        assert_eq!(e.c.ask(cmd).await, want, "{}", common::show(cmd[0]));
+    }
+}

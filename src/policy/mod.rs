@@ -10,6 +10,8 @@
 //!    locate (not in the command table, unless `allowed_unknown_commands` names them);
 //! 2. key naming ([`naming`]): every key of the command, found through the command table, must
 //!    belong to a namespace (one compiled matcher, see [`pattern`]);
+//!    data a command copies or moves from one key to another (RENAME, COPY, SMOVE, the *STORE
+//!    commands) may only go into a namespace whose sensitive rules the source's rules imply;
 //! 3. sensitive data ([`sensitive`], wired in by `sensitive_stage`): configured JSON members,
 //!    hash and stream fields are stripped from written values (and PUBLISH messages), card
 //!    numbers and SSNs redacted, or the command refused or only reported, per `action`;
@@ -42,7 +44,7 @@ pub mod ttl;
 use bytes::Bytes;
 
 use crate::codec::Argv;
-use crate::command::{CommandSpec, KeyRef};
+use crate::command::{CommandSpec, KeyRef, CMD_WRITE};
 
 pub use load::{validate, RawPolicy};
 
@@ -425,6 +427,17 @@ impl Policy {
         // 2. keys and naming
         if let Flow::Stop(r) = naming::check(self, spec, argv, scratch) {
             return self.refuse(scratch, r);
+        }
+
+        // 2b. Data copied or moved between keys (RENAME, COPY, SMOVE, *STORE, ...) is never
+        //     seen by the sensitive stage, so it may only flow into a namespace whose rules
+        //     the source's rules already enforce.
+        if scratch.keys.len() > 1 && spec.is(CMD_WRITE) && !spec.runs_code() {
+            if let Some(stage) = &self.sensitive {
+                if let Some(r) = stage.check_flows(self, spec, argv, scratch) {
+                    return self.refuse(scratch, r);
+                }
+            }
         }
 
         // 3. Sensitive data, before TTL: it reads the original `argv` and puts a rewritten

@@ -511,6 +511,19 @@ impl SensitiveRules {
         i.normalized.get(at).map(|&(_, id)| id)
     }
 
+    /// True when these rules find nothing that `other` would not find too: each field name
+    /// (normalized) and each detector of these rules is also one of `other`'s.
+    pub fn covered_by(&self, other: &SensitiveRules) -> bool {
+        let (a, b) = (&*self.inner, &*other.inner);
+        (a.card.is_none() || b.card.is_some())
+            && (a.ssn.is_none() || b.ssn.is_some())
+            && a.normalized.iter().all(|(name, _)| {
+                b.normalized
+                    .binary_search_by(|(n, _)| n.as_ref().cmp(name.as_ref()))
+                    .is_ok()
+            })
+    }
+
     /// Scans one value: `None` when clean (the fast path: no parse, no allocation), else the
     /// findings are appended to `findings` (at most one per field or detector) and, for
     /// [`SensitiveAction::Strip`], the rewritten value is returned. For `Reject` and `Audit`
