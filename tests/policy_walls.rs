@@ -673,3 +673,102 @@ async fn data_cannot_move_into_a_namespace_with_stricter_sensitive_rules() {
         assert_eq!(e.c.ask(cmd).await, want, "{}", common::show(cmd[0]));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis as the second wall
+
+fn acl_commands(yaml: &str, user: Option<&str>) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!(
+        "respguard-acl-{}-{}",
+        std::process::id(),
+        common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml).expect("write policy");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("acl").arg("--config").arg(&path);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    let out = cmd
+        .env_remove("RESPGUARD_UPSTREAM")
+        .env_remove("RESPGUARD_UPSTREAM_PASSWORD")
+        .output()
+        .expect("run respguard acl");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    stdout.lines().map(str::to_string).collect()
+}
+
+/// Sends each generated line to Redis as a command (the lines hold no quoted arguments).
+async fn apply_acl(admin: &mut common::Raw, lines: &[String]) {
+    assert!(!lines.is_empty());
+    for line in lines {
+        let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+        assert_eq!(admin.ask(&args).await, b"+OK\r\n", "{line}");
+    }
+}
+
+#[tokio::test]
+async fn the_generated_acl_user_loads_into_redis_and_stops_scripts_inside_it() {
+    let redis = common::RedisServer::start();
+    let port = redis.addr().port();
+    let upstream = format!("redis://app:s3cret@127.0.0.1:{port}");
+    let yaml = format!(
+        "upstream:\n  url: {upstream}\n{}",
+        policy("  scripts: allow\n  denied_commands: [\"@admin\", KEYS, FLUSHALL, FLUSHDB]")
+    );
+    let mut admin = redis.raw().await;
+    apply_acl(&mut admin, &acl_commands(&yaml, None)).await;
+    // The example policy's user loads too.
+    apply_acl(&mut admin, &acl_commands(&example_yaml(), Some("example"))).await;
+    assert_eq!(
+        admin.ask(&[b"SET", b"user_profile:1", b"kept"]).await,
+        b"+OK\r\n"
+    );
+
+    let proxy = common::proxy(&yaml, &upstream).await;
+    let mut c = common::raw_proxy(&proxy).await;
+    let mut direct = redis.raw().await;
+    assert_eq!(direct.ask(&[b"AUTH", b"app", b"s3cret"]).await, b"+OK\r\n");
+    // The application's own traffic works as that user.
+    assert_eq!(c.ask(&[b"SET", b"temp:a:1", b"v"]).await, b"+OK\r\n");
+    assert_eq!(c.ask(&[b"GET", b"temp:a:1"]).await, b"$1\r\nv\r\n");
+
+    let lib: &[u8] = LIB;
+    assert_eq!(
+        c.ask(&[b"FUNCTION", b"LOAD", lib]).await,
+        b"$5\r\nwalls\r\n"
+    );
+    let attempts: [&[&[u8]]; 5] = [
+        &[b"EVAL", FLUSHALL_SCRIPT, b"0"],
+        &[b"EVAL", SET_SCRIPT, b"0"],
+        &[b"EVAL", b"return redis.call('keys','*')", b"0"],
+        &[b"EVAL", b"return redis.call('get','other:x')", b"0"],
+        &[b"FCALL", b"wipe", b"0"],
+    ];
+    for cmd in attempts {
+        let through = c.ask(cmd).await;
+        let text = String::from_utf8_lossy(&through).into_owned();
+        // Redis 7.0 reports ACL refusals inside scripts as ERR, not NOPERM.
+        assert!(
+            text.starts_with("-ERR The user executing the script can't")
+                || text.starts_with("-NOPERM "),
+            "{}: {text}",
+            common::show(cmd[1])
+        );
+        assert_eq!(through, direct.ask(cmd).await, "{}", common::show(cmd[1]));
+    }
+    assert_eq!(
+        admin.ask(&[b"GET", b"user_profile:1"]).await,
+        b"$4\r\nkept\r\n"
+    );
+    assert_eq!(admin.ask(&[b"EXISTS", b"bad:eval"]).await, b":0\r\n");
+}

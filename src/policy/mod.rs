@@ -31,6 +31,7 @@
 //! `policy.scripts` refuses them, checks only their declared keys, or lets them through, and
 //! the Redis ACL user `respguard acl` prints is the wall inside them.
 
+pub mod acl;
 pub mod commands;
 mod dump;
 pub mod json;
