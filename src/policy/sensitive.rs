@@ -239,6 +239,10 @@ struct Inner {
     shape: ShapeFilter,
     max_normalized: usize,
     action: SensitiveAction,
+    /// The action as configured, which [`SensitiveRules::with_action`] keeps: values that
+    /// cannot be inspected are refused unless it is `audit`, and policy audit mode reports
+    /// those refusals as it does any other.
+    configured: SensitiveAction,
     card: Option<FieldId>,
     ssn: Option<FieldId>,
     /// Scan PUBLISH/SPUBLISH messages. Default rules (`SensitiveRules::default()`) are
@@ -392,6 +396,7 @@ impl SensitiveRules {
                 shape,
                 max_normalized,
                 action,
+                configured: action,
                 card,
                 ssn,
                 publish,
@@ -450,6 +455,12 @@ impl SensitiveRules {
 
     pub fn action(&self) -> SensitiveAction {
         self.inner.action
+    }
+
+    /// True when a write these rules cannot inspect (a partial write, an opaque payload, a
+    /// document nested too deep) must be refused: the configured action is not `audit`.
+    pub fn refuses_uninspectable(&self) -> bool {
+        self.inner.configured != SensitiveAction::Audit
     }
 
     /// Whether PUBLISH/SPUBLISH messages are scanned.
@@ -1177,7 +1188,7 @@ impl<'r> Stage<'_, '_, 'r> {
         let mut tmp = std::mem::take(&mut self.tmp);
         let mut too_deep = false;
         let out = rules.scan(value, json, &mut tmp, &mut too_deep);
-        if too_deep && rules.action() != SensitiveAction::Audit {
+        if too_deep && rules.refuses_uninspectable() {
             self.tmp = tmp;
             let name = shown(self.argv.get(key).unwrap_or_default());
             return Err(match target {
@@ -1247,7 +1258,7 @@ impl<'r> Stage<'_, '_, 'r> {
     /// inside a payload cannot be stripped without re-encoding it. A payload that cannot be
     /// decoded is refused, since it cannot be inspected.
     fn restore(&mut self, rules: &'r SensitiveRules) -> Result<(), String> {
-        let audit = rules.action() == SensitiveAction::Audit;
+        let audit = !rules.refuses_uninspectable();
         let name = shown(self.argv.get(1).unwrap_or_default());
         let value = match super::dump::string_value(self.argv.get(3).unwrap_or_default()) {
             Ok(v) => v,
@@ -1530,7 +1541,7 @@ fn dispatch<'r>(st: &mut Stage<'_, '_, 'r>, command: &str) -> Result<Option<Stag
                         .is_some_and(|a| eq(a, "SET") || eq(a, "INCRBY"))
                 });
             if let Some(rules) = st.rules(1).filter(|_| writes) {
-                if rules.action() != SensitiveAction::Audit {
+                if rules.refuses_uninspectable() {
                     return Err(format!(
                         "POLICY {command} changes part of the value of {}, and respguard cannot see the value that would result; refused because the key's namespace has sensitive rules: write whole values (SET) there",
                         shown(st.argv.get(1).unwrap_or_default())
