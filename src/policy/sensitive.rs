@@ -1549,6 +1549,18 @@ fn dispatch<'r>(st: &mut Stage<'_, '_, 'r>, command: &str) -> Result<Option<Stag
                 }
             }
         }
+        "JSON.ARRAPPEND" | "JSON.ARRINSERT" | "JSON.MERGE" | "JSON.MSET" | "JSON.STRAPPEND" => {
+            // Values written under paths respguard does not resolve (or, for MSET, under
+            // several keys): only JSON.SET is inspected.
+            for k in (1..argc).step_by(if command == "JSON.MSET" { 3 } else { argc }) {
+                if st.rules(k).is_some_and(|r| r.refuses_uninspectable()) {
+                    return Err(format!(
+                        "POLICY {command} writes into the document at {} in a way respguard does not inspect; refused because the key's namespace has sensitive rules: write the document with JSON.SET there",
+                        shown(st.argv.get(k).unwrap_or_default())
+                    ));
+                }
+            }
+        }
         "RESTORE" if argc >= 4 => {
             if let Some(rules) = st.rules(1) {
                 st.restore(rules)?;

@@ -833,3 +833,29 @@ fn audit_mode_reports_what_enforce_refuses_for_want_of_inspection_and_forwards_i
         Verdict::Forward
     ));
 }
+
+#[test]
+fn redisjson_writes_other_than_json_set_are_refused_where_sensitive_rules_apply() {
+    let p = policy(
+        "policy:\n  sensitive: { fields: [password] }\n  namespaces:\n    a:\n      keys: [\"a:{id}\"]\n    open:\n      keys: [\"open:{id}\"]\n      sensitive: { fields: [] }\n",
+    );
+    let cases: [&[&[u8]]; 5] = [
+        &[b"JSON.ARRAPPEND", b"a:1", b"$", br#"{"password":"x"}"#],
+        &[b"JSON.ARRINSERT", b"a:1", b"$", b"0", b"1"],
+        &[b"JSON.MERGE", b"a:1", b"$", br#"{"password":"x"}"#],
+        &[b"JSON.MSET", b"open:1", b"$", b"1", b"a:1", b"$", b"2"],
+        &[b"JSON.STRAPPEND", b"a:1", b"$.name", b"\"x\""],
+    ];
+    for args in cases {
+        let mut s = Scratch::default();
+        match run(&p, args, &mut s) {
+            Verdict::Reject(r) => assert!(r.message.contains("JSON.SET"), "{}", r.message),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    let mut s = Scratch::default();
+    assert!(matches!(
+        run(&p, &[b"JSON.ARRAPPEND", b"open:1", b"$", b"1"], &mut s),
+        Verdict::Forward | Verdict::Rewrite(_)
+    ));
+}
