@@ -487,7 +487,7 @@ fn accessors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stage 3: sensitive data (issue 4)
+// Stage 3: sensitive data
 
 const SENSITIVE: &str = r#"
 policy:
