@@ -55,10 +55,12 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Collects problems for one source while validating.
+/// Collects problems for one source while validating, and warnings: settings that are valid
+/// but leave a door open (they do not stop the configuration from loading).
 pub struct Problems<'a> {
     source: &'a str,
     list: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl<'a> Problems<'a> {
@@ -66,7 +68,23 @@ impl<'a> Problems<'a> {
         Problems {
             source,
             list: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Records a warning, located like a problem.
+    pub fn warn(
+        &mut self,
+        line: Option<u64>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.warnings.push(Problem {
+            source: self.source.to_string(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     pub fn add(&mut self, line: Option<u64>, field: impl Into<String>, message: impl Into<String>) {
@@ -212,6 +230,9 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// The file this came from, for reloads.
     pub path: Option<PathBuf>,
+    /// Valid settings that weaken the set-up (`--check-config` prints them, the proxy logs
+    /// them at start).
+    pub warnings: Vec<Problem>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -504,7 +525,21 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         (None, None) => (source.to_string(), None, DEFAULT_UPSTREAM.to_string()),
     };
     let parsed_url = match parse_upstream_url(&url) {
-        Ok(v) => Some(v),
+        Ok(v) => {
+            if v.2.as_ref().is_some_and(|pw| !pw.0.is_empty()) && ov.upstream.is_some() {
+                // Never the password itself: only where it was seen.
+                p.warnings.push(Problem {
+                    source: url_src.clone(),
+                    line: None,
+                    field: "upstream.url".into(),
+                    message: format!(
+                        "the upstream URL carries a password, which other local users can read (a command line in /proc/PID/cmdline, the environment of the process that started respguard); put it in upstream.password_file or $RESPGUARD_UPSTREAM_PASSWORD instead ({})",
+                        redact_url(&url)
+                    ),
+                });
+            }
+            Some(v)
+        }
         Err(e) => {
             p.list.push(Problem {
                 source: url_src,
@@ -705,6 +740,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         workers,
         policy,
         path: None,
+        warnings: p.warnings,
     })
 }
 

@@ -14,6 +14,7 @@ USAGE:
     respguard --config FILE [--listen ADDR] [--upstream URL] [--admin ADDR]
     respguard --check-config FILE
     respguard stats [--admin ADDR] [--interval 2s] [--once]
+    respguard acl --config FILE [--user NAME]
 
 OPTIONS:
     --config FILE         YAML configuration (see config/example.yaml)
@@ -24,6 +25,9 @@ OPTIONS:
     --check-config FILE   validate FILE; exit 0 if valid, 64 listing every problem if not
     stats                 live hit rates, ops/s and policy actions from a running proxy's
                           admin port (default 127.0.0.1:9090, or $RESPGUARD_ADMIN)
+    acl                   print the ACL SETUSER commands for the Redis user respguard
+                          should connect as (the policy's keys and commands, for
+                          redis-cli); --user defaults to the upstream URL's user
     -h, --help            this text
     -V, --version         the version
 
@@ -137,6 +141,51 @@ fn stats_main(args: &[String]) -> ExitCode {
     }
 }
 
+/// `respguard acl`: the Redis ACL user that mirrors the policy.
+fn acl_main(args: &[String]) -> ExitCode {
+    let mut path = None;
+    let mut user = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(v) => path = Some(PathBuf::from(v)),
+                None => return usage_error("--config needs a value"),
+            },
+            "--user" => match it.next() {
+                Some(v) => user = Some(v.clone()),
+                None => return usage_error("--user needs a value"),
+            },
+            other => return usage_error(&format!("unknown acl argument {other:?}")),
+        }
+    }
+    let Some(path) = path else {
+        return usage_error("acl needs --config FILE");
+    };
+    let config = match Config::load(&path, &Overrides::from_env()) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprint!("respguard: configuration invalid: {errs}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let user = user
+        .or_else(|| config.upstream.username.clone())
+        .unwrap_or_else(|| "respguard".to_string());
+    let password = config.upstream.password.as_ref().map(|s| s.0.as_str());
+    if password.is_none() {
+        eprintln!("respguard: no upstream password is configured, so the user gets none and cannot log in: add one (ACL SETUSER {user} >...) and give respguard the same in upstream.password_file");
+    }
+    if config.policy.is_none() {
+        eprintln!("respguard: the configuration has no policy: the user may run every command on every key");
+    }
+    for line in respguard::policy::acl::setuser_commands(config.policy.as_deref(), &user, password)
+    {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("respguard: {msg}\n\n{USAGE}");
     ExitCode::from(EXIT_BAD_CONFIG as u8)
@@ -144,8 +193,10 @@ fn usage_error(msg: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("stats") {
-        return stats_main(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some("stats") => return stats_main(&argv[2..]),
+        Some("acl") => return acl_main(&argv[2..]),
+        _ => {}
     }
     let args = match parse_args() {
         Ok(a) => a,
@@ -172,11 +223,17 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for w in &config.warnings {
+            eprintln!("respguard: warning: {w}");
+        }
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
     init_logging();
     raise_open_file_limit();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
 
     // One worker runs on the current thread: no cross-thread wake-ups, which is cheapest
     // when the sidecar should use about one core.

@@ -268,19 +268,9 @@ async fn store_destinations_get_the_default() {
         ),
         (&[b"PFADD", b"session:hll", b"a"], b":1\r\n", b"session:hll"),
         (
-            &[b"SETBIT", b"session:bit", b"7", b"1"],
-            b":0\r\n",
-            b"session:bit",
-        ),
-        (
             &[b"INCRBYFLOAT", b"session:f", b"1.5"],
             b"$3\r\n1.5\r\n",
             b"session:f",
-        ),
-        (
-            &[b"SETRANGE", b"session:sr", b"2", b"x"],
-            b":3\r\n",
-            b"session:sr",
         ),
         (
             &[b"GETSET", b"session:gset", b"x"],

@@ -600,6 +600,24 @@ impl CommandSpec {
             || (key.flags & KS_RW != 0 && key.flags & (KS_INSERT | KS_UPDATE) != 0)
     }
 
+    /// True for commands that run or install code inside Redis (EVAL, FCALL and their
+    /// variants, SCRIPT LOAD, FUNCTION LOAD and FUNCTION RESTORE). Such code can call any
+    /// command on any key, whatever keys the request declares.
+    pub fn runs_code(&self) -> bool {
+        matches!(
+            self.name,
+            "EVAL"
+                | "EVAL_RO"
+                | "EVALSHA"
+                | "EVALSHA_RO"
+                | "FCALL"
+                | "FCALL_RO"
+                | "SCRIPT|LOAD"
+                | "FUNCTION|LOAD"
+                | "FUNCTION|RESTORE"
+        )
+    }
+
     /// True when the request reads keys that it does not name: SORT and SORT_RO with a BY or
     /// GET pattern containing `*` look up keys built from the sorted elements. Such keys are
     /// not in [`CommandSpec::keys`]; a key-scoped policy cannot vet them.

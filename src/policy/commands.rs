@@ -1,21 +1,69 @@
-//! Command rules, the first policy stage: `denied_commands`, and commands respguard cannot
-//! check because the command table does not know where their keys are.
+//! Command rules, the first policy stage: `denied_commands`, `scripts`, and commands respguard
+//! cannot check because the command table does not know where their keys are.
 //!
 //! Denied commands are resolved against the command table when the policy is loaded, into one
-//! flag per table row, so the check is a single index. Naming a container (`CONFIG`) denies all
-//! of its subcommands; `CONFIG|SET` (or `CONFIG SET`) denies just one.
+//! entry per table row, so the check is a single index. Naming a container (`CONFIG`) denies
+//! all of its subcommands; `CONFIG|SET` (Redis's own spelling, also accepted as `CONFIG SET`)
+//! denies just one; an ACL category (`@admin`, `@dangerous`) denies every command Redis puts in
+//! it. Commands that run code (EVAL, FCALL, SCRIPT LOAD, ...) get their row from `scripts`.
 
 use crate::codec::Argv;
-use crate::command::{self, CommandSpec};
+use crate::command::{self, CommandSpec, ACL_CATEGORY_NAMES};
 
 use super::naming::show;
 use super::{Refusal, Rule, NS_NONE};
 
+/// `policy.scripts`: what happens to commands that run code inside Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scripts {
+    /// Refused: a script can call any command on any key, which respguard cannot see.
+    Refuse,
+    /// Run, with the keys the request declares checked like any other keys.
+    DeclaredKeys,
+    /// Forwarded unchecked; the upstream user's Redis ACL is the only wall.
+    Allow,
+}
+
+impl Scripts {
+    pub fn parse(s: &str) -> Option<Scripts> {
+        match s {
+            "refuse" => Some(Scripts::Refuse),
+            "declared_keys" => Some(Scripts::DeclaredKeys),
+            "allow" => Some(Scripts::Allow),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scripts::Refuse => "refuse",
+            Scripts::DeclaredKeys => "declared_keys",
+            Scripts::Allow => "allow",
+        }
+    }
+}
+
+/// What the policy says about one command-table row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Row {
+    /// Checked by the later stages.
+    Open,
+    /// In `denied_commands`; the text says what to do instead.
+    Denied(&'static str),
+    /// Runs code, with `scripts: refuse`.
+    ScriptRefused,
+    /// Runs code, with `scripts: allow`: forwarded without key checks.
+    ScriptUnchecked,
+}
+
 /// Command rules compiled from the policy.
 #[derive(Debug)]
 pub struct CommandRules {
-    /// Per command-table row: `Some(hint)` when denied.
-    denied: Box<[Option<&'static str>]>,
+    rows: Box<[Row]>,
+    /// `denied_commands` as resolved, in order: `@category` (lowercase) or a table name
+    /// (`FLUSHALL`, `CLIENT|KILL`), for the Redis ACL that mirrors the policy.
+    denied_names: Vec<String>,
+    scripts: Scripts,
     /// Commands outside the table let through unchecked (uppercase).
     allowed_unknown: Vec<Box<[u8]>>,
 }
@@ -23,7 +71,9 @@ pub struct CommandRules {
 impl Default for CommandRules {
     fn default() -> Self {
         CommandRules {
-            denied: vec![None; command::COMMAND_COUNT].into_boxed_slice(),
+            rows: vec![Row::Open; command::COMMAND_COUNT].into_boxed_slice(),
+            denied_names: Vec::new(),
+            scripts: Scripts::DeclaredKeys,
             allowed_unknown: Vec::new(),
         }
     }
@@ -34,8 +84,9 @@ impl Default for CommandRules {
 pub enum Decision {
     /// A command from the table: go on to its keys.
     Known(&'static CommandSpec),
-    /// Not in the table, but allowed by name: forwarded without checks.
-    UnknownAllowed,
+    /// Forwarded without checks: a command outside the table allowed by name, or code with
+    /// `scripts: allow`.
+    Unchecked,
     Refuse(Refusal),
 }
 
@@ -46,6 +97,8 @@ pub enum NameError {
     Empty,
     #[error("{0:?} is not a command respguard knows (Redis 7 table); check the spelling. Commands respguard does not know are refused anyway unless listed in policy.allowed_unknown_commands")]
     UnknownDenied(String),
+    #[error("{0:?} is not a Redis ACL category; use one of {1}")]
+    UnknownCategory(String, String),
     #[error("{0:?} is a Redis command respguard knows and checks; allowed_unknown_commands is only for commands it does not know (module commands)")]
     KnownAllowed(String),
     #[error("{0:?} is not a command name (no spaces or '|'; list module commands like MY.CMD)")]
@@ -53,14 +106,17 @@ pub enum NameError {
 }
 
 /// Why a denied command is refused; the text says what to do instead.
-fn hint(top: &str) -> &'static str {
+fn hint(row_name: &str) -> &'static str {
+    let top = row_name.split('|').next().unwrap_or(row_name);
     match top {
         "KEYS" => "use SCAN",
         "FLUSHALL" | "FLUSHDB" => {
             "delete or expire the keys you changed instead of clearing everything"
         }
         "DEBUG" | "CONFIG" | "SHUTDOWN" | "SAVE" | "BGSAVE" | "BGREWRITEAOF" | "REPLICAOF"
-        | "SLAVEOF" | "MODULE" | "ACL" | "CLUSTER" | "FAILOVER" | "SWAPDB" | "MONITOR" => {
+        | "SLAVEOF" | "MODULE" | "ACL" | "CLUSTER" | "FAILOVER" | "SWAPDB" | "MONITOR"
+        | "CLIENT" | "SCRIPT" | "FUNCTION" | "LATENCY" | "SLOWLOG" | "MIGRATE" | "SYNC"
+        | "PSYNC" | "REPLCONF" => {
             "administrative commands go to Redis directly, not through the application's proxy"
         }
         _ => "it is in policy.denied_commands",
@@ -68,23 +124,80 @@ fn hint(top: &str) -> &'static str {
 }
 
 impl CommandRules {
-    /// Denies a command by its table name (`KEYS`, `config`, `CONFIG|SET`, `CONFIG SET`).
+    /// Denies a command by its table name (`KEYS`, `config`, `CONFIG|SET`, `CONFIG SET`) or
+    /// every command of an ACL category (`@admin`).
     pub fn deny(&mut self, name: &str) -> Result<(), NameError> {
-        let norm = name.trim().replace(' ', "|").to_ascii_uppercase();
+        let trimmed = name.trim();
+        if let Some(category) = trimmed.strip_prefix('@') {
+            let category = category.to_ascii_lowercase();
+            let Some(&(_, bit)) = ACL_CATEGORY_NAMES.iter().find(|(n, _)| *n == category) else {
+                let all: Vec<String> = ACL_CATEGORY_NAMES
+                    .iter()
+                    .map(|(n, _)| format!("@{n}"))
+                    .collect();
+                return Err(NameError::UnknownCategory(name.to_string(), all.join(", ")));
+            };
+            for row in CommandSpec::all().filter(|r| r.in_category(bit)) {
+                self.set_denied(row);
+            }
+            self.denied_names.push(format!("@{category}"));
+            return Ok(());
+        }
+        let norm = trimmed
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join("|")
+            .to_ascii_uppercase();
         if norm.is_empty() {
             return Err(NameError::Empty);
         }
         let spec = command::lookup_name(norm.as_bytes())
             .ok_or_else(|| NameError::UnknownDenied(name.to_string()))?;
-        let top = norm.split('|').next().unwrap_or(&norm);
-        let h = hint(top);
-        let rows = std::iter::once(spec).chain(spec.subcommands.iter());
-        for row in rows {
-            if let Some(slot) = self.denied.get_mut(row.index()) {
-                *slot = Some(h);
+        for row in std::iter::once(spec).chain(spec.subcommands.iter()) {
+            self.set_denied(row);
+        }
+        self.denied_names.push(spec.name.to_string());
+        Ok(())
+    }
+
+    fn set_denied(&mut self, row: &'static CommandSpec) {
+        if let Some(slot) = self.rows.get_mut(row.index()) {
+            *slot = Row::Denied(hint(row.name));
+        }
+    }
+
+    /// Applies `policy.scripts` to the commands that run code; call after every `deny`
+    /// (a denied command stays denied).
+    pub fn set_scripts(&mut self, scripts: Scripts) {
+        self.scripts = scripts;
+        for row in CommandSpec::all().filter(|r| r.runs_code()) {
+            if let Some(slot) = self.rows.get_mut(row.index()) {
+                if !matches!(slot, Row::Denied(_)) {
+                    *slot = match scripts {
+                        Scripts::Refuse => Row::ScriptRefused,
+                        Scripts::DeclaredKeys => Row::Open,
+                        Scripts::Allow => Row::ScriptUnchecked,
+                    };
+                }
             }
         }
-        Ok(())
+    }
+
+    pub fn scripts(&self) -> Scripts {
+        self.scripts
+    }
+
+    /// `denied_commands` as resolved: `@category` or table names (`CLIENT|KILL`).
+    pub fn denied_names(&self) -> &[String] {
+        &self.denied_names
+    }
+
+    /// True when the policy refuses this row (denied, or code with `scripts: refuse`).
+    pub fn refuses(&self, row: &CommandSpec) -> bool {
+        matches!(
+            self.rows.get(row.index()),
+            Some(Row::Denied(_) | Row::ScriptRefused)
+        )
     }
 
     /// Lets a command the table does not know through unchecked.
@@ -113,7 +226,7 @@ impl CommandRules {
                 .iter()
                 .any(|a| a.as_ref().eq_ignore_ascii_case(name))
             {
-                return Decision::UnknownAllowed;
+                return Decision::Unchecked;
             }
             return Decision::Refuse(Refusal {
                 rule: Rule::UnknownCommand,
@@ -124,14 +237,23 @@ impl CommandRules {
                 ),
             });
         };
-        if let Some(Some(h)) = self.denied.get(spec.index()) {
-            return Decision::Refuse(Refusal {
+        match self.rows.get(spec.index()) {
+            Some(Row::Denied(h)) => Decision::Refuse(Refusal {
                 rule: Rule::DeniedCommand,
                 namespace: NS_NONE,
                 message: format!("{} is disabled here: {h}", spec.name.replace('|', " ")),
-            });
+            }),
+            Some(Row::ScriptRefused) => Decision::Refuse(Refusal {
+                rule: Rule::Script,
+                namespace: NS_NONE,
+                message: format!(
+                    "{} is disabled here: scripts and functions can run any command on any key, which respguard cannot check (policy.scripts: refuse)",
+                    spec.name.replace('|', " ")
+                ),
+            }),
+            Some(Row::ScriptUnchecked) => Decision::Unchecked,
+            Some(Row::Open) | None => Decision::Known(spec),
         }
-        Decision::Known(spec)
     }
 }
 
@@ -194,10 +316,7 @@ mod tests {
             f.message
         );
         r.allow_unknown("my.cmd").unwrap();
-        assert!(matches!(
-            decide(&r, &["My.Cmd", "k"]),
-            Decision::UnknownAllowed
-        ));
+        assert!(matches!(decide(&r, &["My.Cmd", "k"]), Decision::Unchecked));
         assert!(matches!(
             r.allow_unknown("GET"),
             Err(NameError::KnownAllowed(_))

@@ -9,7 +9,8 @@
 //! policy:
 //!   mode: enforce              # enforce | audit
 //!   unknown_keys: reject       # reject | allow
-//!   denied_commands: [FLUSHALL, KEYS, CONFIG]
+//!   denied_commands: ["@admin", FLUSHALL, KEYS, "SCRIPT|FLUSH"]
+//!   scripts: refuse            # refuse | declared_keys (the default) | allow
 //!   allowed_unknown_commands: [MY.CMD]
 //!   sensitive:                 # optional; without it (here and below) the stage is off
 //!     fields: [password, ssn]  # JSON members / hash and stream fields, matched ignoring
@@ -39,12 +40,13 @@ use serde_saphyr::Spanned;
 
 use crate::config::{parse_duration, Problems};
 
-use super::commands::CommandRules;
+use super::commands::{CommandRules, Scripts};
 use super::pattern::{self, Builder, CompileError};
 use super::sensitive::{self, RawSensitive, SensitiveRules};
 use super::sensitive_stage::SensitiveStage;
 use super::ttl::{fmt_ms, OnViolation, TtlRule, MAX_TTL_MS};
 use super::{Mode, Namespace, NsId, Policy, PolicyConfig, UnknownKeys, NS_UNMATCHED};
+use crate::command::{CommandSpec, ACL_DANGEROUS};
 
 /// Most namespaces in one policy (ids below the reserved ones, and a bounded metric label set).
 pub const MAX_NAMESPACES: usize = 1000;
@@ -58,6 +60,7 @@ pub struct RawPolicy {
     mode: Option<Spanned<String>>,
     unknown_keys: Option<Spanned<String>>,
     denied_commands: Option<Vec<Spanned<String>>>,
+    scripts: Option<Spanned<String>>,
     allowed_unknown_commands: Option<Vec<Spanned<String>>>,
     sensitive: Option<RawSensitive>,
     namespaces: Option<RawNamespaces>,
@@ -180,6 +183,22 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
             c.at(name, format!("policy.denied_commands[{i}]"), e.to_string());
         }
     }
+    let scripts = match &raw.scripts {
+        None => Scripts::DeclaredKeys,
+        Some(v) => Scripts::parse(v.value.trim()).unwrap_or_else(|| {
+            c.at(
+                v,
+                "policy.scripts",
+                format!(
+                    "{:?} is not valid: use refuse, declared_keys or allow",
+                    v.value
+                ),
+            );
+            Scripts::DeclaredKeys
+        }),
+    };
+    rules.set_scripts(scripts);
+    warn_open_doors(&rules, &raw, c.p);
     for (i, name) in raw.allowed_unknown_commands.iter().flatten().enumerate() {
         if let Err(e) = rules.allow_unknown(&name.value) {
             c.at(
@@ -331,6 +350,41 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
         rules,
         sensitive,
     }))
+}
+
+/// Warnings for a valid policy that leaves Redis open to the application: commands of the
+/// `@dangerous` category it does not deny, and scripts it does not refuse.
+fn warn_open_doors(rules: &CommandRules, raw: &RawPolicy, p: &mut Problems<'_>) {
+    let denied_line = raw
+        .denied_commands
+        .as_ref()
+        .and_then(|d| d.first())
+        .map(|s| s.referenced.line());
+    let open: Vec<&str> = CommandSpec::all()
+        .filter(|r| r.in_category(ACL_DANGEROUS) && !rules.refuses(r))
+        .map(|r| r.name)
+        .collect();
+    if !open.is_empty() {
+        p.warn(
+            denied_line,
+            "policy.denied_commands",
+            format!(
+                "{} @dangerous command(s) stay open: {}; deny \"@dangerous\" (or \"@admin\" and the rest by name) unless the application needs them",
+                open.len(),
+                open.join(", ")
+            ),
+        );
+    }
+    if rules.scripts() != Scripts::Refuse {
+        p.warn(
+            line(&raw.scripts),
+            "policy.scripts",
+            format!(
+                "scripts: {} lets EVAL and FCALL run, and a script can call any command on any key out of respguard's sight; use scripts: refuse, or connect respguard as the Redis ACL user `respguard acl` prints",
+                rules.scripts().as_str()
+            ),
+        );
+    }
 }
 
 fn validate_ttl(

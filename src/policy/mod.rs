@@ -10,6 +10,8 @@
 //!    locate (not in the command table, unless `allowed_unknown_commands` names them);
 //! 2. key naming ([`naming`]): every key of the command, found through the command table, must
 //!    belong to a namespace (one compiled matcher, see [`pattern`]);
+//!    data a command copies or moves from one key to another (RENAME, COPY, SMOVE, the *STORE
+//!    commands) may only go into a namespace whose sensitive rules the source's rules imply;
 //! 3. sensitive data ([`sensitive`], wired in by `sensitive_stage`): configured JSON members,
 //!    hash and stream fields are stripped from written values (and PUBLISH messages), card
 //!    numbers and SSNs redacted, or the command refused or only reported, per `action`;
@@ -25,10 +27,13 @@
 //! The sensitive stage then runs audit-only: its findings are recorded in
 //! [`Scratch::sensitive`] with the action `audit`, since the data did reach Redis.
 //!
-//! Known limit: keys a script (`EVAL`, `FCALL`) touches without declaring them in its key list
-//! are invisible to the proxy and cannot be checked; declared keys are checked like any other.
+//! Scripts (`EVAL`, `FCALL`, ...) can touch keys they do not declare, out of the proxy's sight;
+//! `policy.scripts` refuses them, checks only their declared keys, or lets them through, and
+//! the Redis ACL user `respguard acl` prints is the wall inside them.
 
+pub mod acl;
 pub mod commands;
+mod dump;
 pub mod json;
 mod load;
 pub mod naming;
@@ -40,7 +45,7 @@ pub mod ttl;
 use bytes::Bytes;
 
 use crate::codec::Argv;
-use crate::command::{CommandSpec, KeyRef};
+use crate::command::{CommandSpec, KeyRef, CMD_WRITE};
 
 pub use load::{validate, RawPolicy};
 
@@ -112,8 +117,15 @@ pub enum Rule {
     /// The command reads keys it does not name (`SORT ... BY pattern`), which cannot be checked.
     UncheckedKeys,
     /// A written value holds sensitive data, with `action: reject` (or, for `XADD`, every
-    /// field of the entry is sensitive and an empty entry cannot be stored).
+    /// field of the entry is sensitive and an empty entry cannot be stored), or cannot be
+    /// inspected in a namespace with sensitive rules (a partial write, an opaque payload, a
+    /// document nested too deep).
     Sensitive,
+    /// The command runs code inside Redis, with `scripts: refuse`.
+    Script,
+    /// The command copies or moves data into a namespace whose sensitive rules the source
+    /// namespace's rules do not imply.
+    CrossNamespace,
 }
 
 impl Rule {
@@ -128,6 +140,8 @@ impl Rule {
             Rule::Malformed => "malformed",
             Rule::UncheckedKeys => "unchecked_keys",
             Rule::Sensitive => "sensitive",
+            Rule::Script => "script",
+            Rule::CrossNamespace => "cross_namespace",
         }
     }
 }
@@ -402,7 +416,7 @@ impl Policy {
         // 1. command rules
         let spec = match self.rules.check(argv, spec) {
             commands::Decision::Known(spec) => spec,
-            commands::Decision::UnknownAllowed => return Verdict::Forward,
+            commands::Decision::Unchecked => return Verdict::Forward,
             commands::Decision::Refuse(r)
                 if r.rule == Rule::UnknownCommand && self.keys_unconstrained() =>
             {
@@ -426,6 +440,17 @@ impl Policy {
             Flow::Continue => {}
             Flow::Forward => return Verdict::Forward,
             Flow::Stop(r) => return self.refuse(scratch, r),
+        }
+
+        // 2b. Data copied or moved between keys (RENAME, COPY, SMOVE, *STORE, ...) is never
+        //     seen by the sensitive stage, so it may only flow into a namespace whose rules
+        //     the source's rules already enforce.
+        if scratch.keys.len() > 1 && spec.is(CMD_WRITE) && !spec.runs_code() {
+            if let Some(stage) = &self.sensitive {
+                if let Some(r) = stage.check_flows(self, spec, argv, scratch) {
+                    return self.refuse(scratch, r);
+                }
+            }
         }
 
         // 3. Sensitive data, before TTL: it reads the original `argv` and puts a rewritten
@@ -568,6 +593,11 @@ impl Policy {
 
     pub fn unknown_keys(&self) -> UnknownKeys {
         self.unknown_keys
+    }
+
+    /// The compiled command rules (`denied_commands`, `scripts`).
+    pub fn command_rules(&self) -> &commands::CommandRules {
+        &self.rules
     }
 
     pub(crate) fn matcher(&self) -> &pattern::Matcher {

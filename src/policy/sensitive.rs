@@ -1,4 +1,4 @@
-//! Sensitive-data stage: keeps passwords, card numbers and SSNs out of Redis (issue 4).
+//! Sensitive-data stage: keeps passwords, card numbers and SSNs out of Redis.
 //!
 //! Applications cache JSON documents and hashes; a field they forgot to drop must still never
 //! reach Redis. For each write command this stage finds the values it stores ([`apply`] knows
@@ -239,6 +239,10 @@ struct Inner {
     shape: ShapeFilter,
     max_normalized: usize,
     action: SensitiveAction,
+    /// The action as configured, which [`SensitiveRules::with_action`] keeps: values that
+    /// cannot be inspected are refused unless it is `audit`, and policy audit mode reports
+    /// those refusals as it does any other.
+    configured: SensitiveAction,
     card: Option<FieldId>,
     ssn: Option<FieldId>,
     /// Scan PUBLISH/SPUBLISH messages. Default rules (`SensitiveRules::default()`) are
@@ -392,6 +396,7 @@ impl SensitiveRules {
                 shape,
                 max_normalized,
                 action,
+                configured: action,
                 card,
                 ssn,
                 publish,
@@ -450,6 +455,12 @@ impl SensitiveRules {
 
     pub fn action(&self) -> SensitiveAction {
         self.inner.action
+    }
+
+    /// True when a write these rules cannot inspect (a partial write, an opaque payload, a
+    /// document nested too deep) must be refused: the configured action is not `audit`.
+    pub fn refuses_uninspectable(&self) -> bool {
+        self.inner.configured != SensitiveAction::Audit
     }
 
     /// Whether PUBLISH/SPUBLISH messages are scanned.
@@ -511,22 +522,44 @@ impl SensitiveRules {
         i.normalized.get(at).map(|&(_, id)| id)
     }
 
+    /// True when these rules find nothing that `other` would not find too: each field name
+    /// (normalized) and each detector of these rules is also one of `other`'s.
+    pub fn covered_by(&self, other: &SensitiveRules) -> bool {
+        let (a, b) = (&*self.inner, &*other.inner);
+        (a.card.is_none() || b.card.is_some())
+            && (a.ssn.is_none() || b.ssn.is_some())
+            && a.normalized.iter().all(|(name, _)| {
+                b.normalized
+                    .binary_search_by(|(n, _)| n.as_ref().cmp(name.as_ref()))
+                    .is_ok()
+            })
+    }
+
     /// Scans one value: `None` when clean (the fast path: no parse, no allocation), else the
     /// findings are appended to `findings` (at most one per field or detector) and, for
     /// [`SensitiveAction::Strip`], the rewritten value is returned. For `Reject` and `Audit`
     /// the return value is always `None`; compare `findings.len()` before and after.
     pub fn scan_value(&self, value: &[u8], findings: &mut Vec<Finding>) -> Option<Bytes> {
-        self.scan(value, false, findings)
+        self.scan(value, false, findings, &mut false)
     }
 
     /// Like [`SensitiveRules::scan_value`] for a value that is JSON by contract (`JSON.SET`):
     /// a top-level scalar is a leaf, and a value that does not parse is left alone (RedisJSON
     /// refuses it).
     pub fn scan_json(&self, value: &[u8], findings: &mut Vec<Finding>) -> Option<Bytes> {
-        self.scan(value, true, findings)
+        self.scan(value, true, findings, &mut false)
     }
 
-    fn scan(&self, value: &[u8], json_only: bool, findings: &mut Vec<Finding>) -> Option<Bytes> {
+    /// The scan behind both; `too_deep` is set when the prefilter saw a possible field or
+    /// detector hit in a document nested deeper than [`json::MAX_DEPTH`], which the parser
+    /// cannot walk: the result then only reflects the value taken as a plain string.
+    fn scan(
+        &self,
+        value: &[u8],
+        json_only: bool,
+        findings: &mut Vec<Finding>,
+        too_deep: &mut bool,
+    ) -> Option<Bytes> {
         let r = &*self.inner;
         let detect = r.card.is_some() || r.ssn.is_some();
         if r.field_count == 0 && !detect {
@@ -555,7 +588,8 @@ impl SensitiveRules {
                     return Some(Bytes::from(json::apply_edits(value, &edits)));
                 }
                 Ok(()) => return None,
-                Err(_) => {
+                Err(e) => {
+                    *too_deep |= e == json::Invalid::TooDeep;
                     // Not a document: findings inside it do not count; it is a plain string.
                     findings.truncate(start);
                     if json_only {
@@ -1152,11 +1186,22 @@ impl<'r> Stage<'_, '_, 'r> {
         };
         self.tmp.clear();
         let mut tmp = std::mem::take(&mut self.tmp);
-        let out = if json {
-            rules.scan_json(value, &mut tmp)
-        } else {
-            rules.scan_value(value, &mut tmp)
-        };
+        let mut too_deep = false;
+        let out = rules.scan(value, json, &mut tmp, &mut too_deep);
+        if too_deep && rules.refuses_uninspectable() {
+            self.tmp = tmp;
+            let name = shown(self.argv.get(key).unwrap_or_default());
+            return Err(match target {
+                Target::Key => format!(
+                    "POLICY value for {name} is JSON nested deeper than {} levels, which respguard cannot inspect for sensitive data; refused because the key's namespace has sensitive rules",
+                    json::MAX_DEPTH
+                ),
+                Target::Channel => format!(
+                    "POLICY message for channel {name} is JSON nested deeper than {} levels, which respguard cannot inspect for sensitive data",
+                    json::MAX_DEPTH
+                ),
+            });
+        }
         for &f in &tmp {
             self.record(key, rules, f);
         }
@@ -1206,6 +1251,49 @@ impl<'r> Stage<'_, '_, 'r> {
             kept += 1;
         }
         Ok(kept)
+    }
+
+    /// `RESTORE key ttl payload ...`: the string a DUMP payload holds is scanned like a
+    /// written value. A finding refuses the command, whatever the action but audit: a value
+    /// inside a payload cannot be stripped without re-encoding it. A payload that cannot be
+    /// decoded is refused, since it cannot be inspected.
+    fn restore(&mut self, rules: &'r SensitiveRules) -> Result<(), String> {
+        let audit = !rules.refuses_uninspectable();
+        let name = shown(self.argv.get(1).unwrap_or_default());
+        let value = match super::dump::string_value(self.argv.get(3).unwrap_or_default()) {
+            Ok(v) => v,
+            Err(_) if audit => return Ok(()),
+            Err(why) => {
+                return Err(format!(
+                    "POLICY the RESTORE payload for {name} cannot be inspected: {why}; refused because the key's namespace has sensitive rules"
+                ))
+            }
+        };
+        self.tmp.clear();
+        let mut tmp = std::mem::take(&mut self.tmp);
+        let mut too_deep = false;
+        rules.scan(&value, false, &mut tmp, &mut too_deep);
+        for &f in &tmp {
+            self.record(1, rules, f);
+        }
+        let first = tmp.first().copied();
+        self.tmp = tmp;
+        if audit {
+            return Ok(());
+        }
+        if too_deep {
+            return Err(format!(
+                "POLICY the RESTORE payload for {name} holds JSON nested deeper than {} levels, which respguard cannot inspect; refused because the key's namespace has sensitive rules",
+                json::MAX_DEPTH
+            ));
+        }
+        match first {
+            Some(f) => Err(format!(
+                "{} (in a RESTORE payload, which respguard cannot rewrite)",
+                self.reject(1, rules, f, Target::Key)
+            )),
+            None => Ok(()),
+        }
     }
 
     fn finish(self) -> StageOutcome {
@@ -1420,6 +1508,62 @@ fn dispatch<'r>(st: &mut Stage<'_, '_, 'r>, command: &str) -> Result<Option<Stag
                 if rules.publish() {
                     st.value(1, 2, rules, false, Target::Channel)?;
                 }
+            }
+        }
+        "ZINCRBY" if argc == 4 => {
+            if let Some(rules) = st.rules(1) {
+                st.value(1, 3, rules, false, Target::Key)?;
+            }
+        }
+        "GEOADD" if argc >= 5 => {
+            let mut i = 2;
+            while st
+                .argv
+                .get(i)
+                .is_some_and(|a| ["NX", "XX", "CH"].iter().any(|o| eq(a, o)))
+            {
+                i += 1;
+            }
+            let elements = argc - i;
+            if elements > 0 && elements % 3 == 0 {
+                if let Some(rules) = st.rules(1) {
+                    for m in (i + 2..argc).step_by(3) {
+                        st.value(1, m, rules, false, Target::Key)?;
+                    }
+                }
+            }
+        }
+        "APPEND" | "SETRANGE" | "SETBIT" | "BITFIELD" => {
+            let writes = command != "BITFIELD"
+                || (2..argc).any(|i| {
+                    st.argv
+                        .get(i)
+                        .is_some_and(|a| eq(a, "SET") || eq(a, "INCRBY"))
+                });
+            if let Some(rules) = st.rules(1).filter(|_| writes) {
+                if rules.refuses_uninspectable() {
+                    return Err(format!(
+                        "POLICY {command} changes part of the value of {}, and respguard cannot see the value that would result; refused because the key's namespace has sensitive rules: write whole values (SET) there",
+                        shown(st.argv.get(1).unwrap_or_default())
+                    ));
+                }
+            }
+        }
+        "JSON.ARRAPPEND" | "JSON.ARRINSERT" | "JSON.MERGE" | "JSON.MSET" | "JSON.STRAPPEND" => {
+            // Values written under paths respguard does not resolve (or, for MSET, under
+            // several keys): only JSON.SET is inspected.
+            for k in (1..argc).step_by(if command == "JSON.MSET" { 3 } else { argc }) {
+                if st.rules(k).is_some_and(|r| r.refuses_uninspectable()) {
+                    return Err(format!(
+                        "POLICY {command} writes into the document at {} in a way respguard does not inspect; refused because the key's namespace has sensitive rules: write the document with JSON.SET there",
+                        shown(st.argv.get(k).unwrap_or_default())
+                    ));
+                }
+            }
+        }
+        "RESTORE" if argc >= 4 => {
+            if let Some(rules) = st.rules(1) {
+                st.restore(rules)?;
             }
         }
         "JSON.SET" if argc >= 4 => {

@@ -22,8 +22,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::codec::Argv;
-use crate::command::{CommandSpec, CMD_PUBSUB, CMD_WRITE};
+use crate::command::{CommandSpec, CMD_PUBSUB, CMD_WRITE, KS_ACCESS};
 
+use super::naming::show;
 use super::sensitive::{self, SensitiveAction, SensitiveRules, StageOutcome};
 use super::{FieldLabelId, NsId, Policy, Refusal, Rule, Scratch, NS_NONE};
 
@@ -202,6 +203,57 @@ impl SensitiveStage {
                     .unwrap_or(message),
             })),
         }
+    }
+}
+
+impl SensitiveStage {
+    /// True when data that satisfies the rules of namespace `src` also satisfies those of
+    /// `dst`: `dst` enforces nothing, or `src` enforces every field and detector of `dst`.
+    /// Compares configured actions, so policy audit mode reports what enforce would refuse.
+    fn implies(&self, src: NsId, dst: NsId) -> bool {
+        let (s, d) = (self.set(src), self.set(dst));
+        if std::ptr::eq(s, d) || !d.rules.is_active() || d.configured == SensitiveAction::Audit {
+            return true;
+        }
+        s.configured != SensitiveAction::Audit && d.rules.covered_by(&s.rules)
+    }
+
+    /// Stage 2b: a refusal when the command copies or moves data from a key into a key of
+    /// another namespace whose rules the source's do not imply. Sources are the keys whose
+    /// data the command reads (`ACCESS`), destinations those it may create or overwrite.
+    pub(super) fn check_flows(
+        &self,
+        policy: &Policy,
+        spec: &'static CommandSpec,
+        argv: &Argv<'_>,
+        scratch: &Scratch,
+    ) -> Option<Refusal> {
+        let keys = scratch.keys.iter().zip(scratch.key_ns.iter().copied());
+        for (dst, dst_ns) in keys.clone().filter(|(k, _)| spec.creates_key(**k)) {
+            for (src, src_ns) in keys.clone() {
+                if src.index == dst.index
+                    || src.flags & KS_ACCESS == 0
+                    || src_ns == dst_ns
+                    || self.implies(src_ns, dst_ns)
+                {
+                    continue;
+                }
+                let key = |k: &crate::command::KeyRef| show(argv.get(k.index).unwrap_or_default());
+                return Some(Refusal {
+                    rule: Rule::CrossNamespace,
+                    namespace: dst_ns,
+                    message: format!(
+                        "{} would carry data from {} (namespace {}) into {} (namespace {}), whose sensitive rules are stricter, and respguard cannot inspect data Redis moves itself: read the value and write it with its own command instead",
+                        spec.name,
+                        key(src),
+                        policy.namespace_label(src_ns),
+                        key(dst),
+                        policy.namespace_label(dst_ns)
+                    ),
+                });
+            }
+        }
+        None
     }
 }
 

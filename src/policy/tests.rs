@@ -487,7 +487,7 @@ fn accessors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stage 3: sensitive data (issue 4)
+// Stage 3: sensitive data
 
 const SENSITIVE: &str = r#"
 policy:
@@ -791,4 +791,71 @@ fn sensitive_field_labels_are_shared_across_rule_sets() {
     assert_eq!(a.sensitive[0].2, b.sensitive[0].2, "one label id per name");
     assert_eq!(p.sensitive_field_label(a.sensitive[0].2), "password");
     assert_eq!(p.sensitive_field_label(FieldLabelId::MAX), "_unknown");
+}
+
+#[test]
+fn audit_mode_reports_what_enforce_refuses_for_want_of_inspection_and_forwards_it() {
+    let yaml = |mode: &str| {
+        format!(
+            "policy:\n  mode: {mode}\n  sensitive: {{ fields: [password] }}\n  namespaces:\n    a:\n      keys: [\"a:{{id}}\"]\n    b:\n      keys: [\"b:{{id}}\"]\n      sensitive: {{ fields: [password, dateOfBirth] }}\n"
+        )
+    };
+    let (enforce, audit) = (policy(&yaml("enforce")), policy(&yaml("audit")));
+    let cases: [(&[&[u8]], Rule); 3] = [
+        (&[b"APPEND", b"a:1", b"x"], Rule::Sensitive),
+        (&[b"SETRANGE", b"b:1", b"0", b"x"], Rule::Sensitive),
+        (&[b"RENAME", b"a:1", b"b:1"], Rule::CrossNamespace),
+    ];
+    for (args, rule) in cases {
+        let mut s = Scratch::default();
+        assert!(
+            matches!(run(&enforce, args, &mut s), Verdict::Reject(_)),
+            "{args:?}"
+        );
+        let mut s = Scratch::default();
+        assert!(
+            matches!(run(&audit, args, &mut s), Verdict::Forward),
+            "{args:?}"
+        );
+        assert!(s.audit, "{args:?}");
+        assert!(
+            s.actions
+                .iter()
+                .any(|(_, a)| *a == PolicyAction::Rejected(rule)),
+            "{args:?}: {:?}",
+            s.actions
+        );
+    }
+    // Moving data the other way, into looser rules, is fine.
+    let mut s = Scratch::default();
+    assert!(matches!(
+        run(&enforce, &[b"RENAME", b"b:1", b"a:1"], &mut s),
+        Verdict::Forward
+    ));
+}
+
+#[test]
+fn redisjson_writes_other_than_json_set_are_refused_where_sensitive_rules_apply() {
+    let p = policy(
+        "policy:\n  sensitive: { fields: [password] }\n  namespaces:\n    a:\n      keys: [\"a:{id}\"]\n    open:\n      keys: [\"open:{id}\"]\n      sensitive: { fields: [] }\n",
+    );
+    let cases: [&[&[u8]]; 5] = [
+        &[b"JSON.ARRAPPEND", b"a:1", b"$", br#"{"password":"x"}"#],
+        &[b"JSON.ARRINSERT", b"a:1", b"$", b"0", b"1"],
+        &[b"JSON.MERGE", b"a:1", b"$", br#"{"password":"x"}"#],
+        &[b"JSON.MSET", b"open:1", b"$", b"1", b"a:1", b"$", b"2"],
+        &[b"JSON.STRAPPEND", b"a:1", b"$.name", b"\"x\""],
+    ];
+    for args in cases {
+        let mut s = Scratch::default();
+        match run(&p, args, &mut s) {
+            Verdict::Reject(r) => assert!(r.message.contains("JSON.SET"), "{}", r.message),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    let mut s = Scratch::default();
+    assert!(matches!(
+        run(&p, &[b"JSON.ARRAPPEND", b"open:1", b"$", b"1"], &mut s),
+        Verdict::Forward | Verdict::Rewrite(_)
+    ));
 }
