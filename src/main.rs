@@ -14,6 +14,7 @@ USAGE:
     respguard --config FILE [--listen ADDR] [--upstream URL] [--admin ADDR]
     respguard --check-config FILE
     respguard stats [--admin ADDR] [--interval 2s] [--once]
+    respguard audit --config FILE [--upstream URL] [--format table|json|markdown] ...
 
 OPTIONS:
     --config FILE         YAML configuration (see config/example.yaml)
@@ -24,6 +25,7 @@ OPTIONS:
     --check-config FILE   validate FILE; exit 0 if valid, 64 listing every problem if not
     stats                 live hit rates, ops/s and policy actions from a running proxy's
                           admin port (default 127.0.0.1:9090, or $RESPGUARD_ADMIN)
+    audit                 measure an existing Redis against the policy (audit --help)
     -h, --help            this text
     -V, --version         the version
 
@@ -146,6 +148,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("stats") {
         return stats_main(&argv[2..]);
+    }
+    if argv.get(1).map(String::as_str) == Some("audit") {
+        return respguard::audit::cli::main(&argv[2..]);
     }
     let args = match parse_args() {
         Ok(a) => a,
