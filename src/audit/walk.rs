@@ -153,6 +153,7 @@ impl Walker<'_, '_> {
         let mut replies = Vec::new();
         let count = self.opts.batch.to_string();
         let started = Instant::now();
+        let mut prefetched: Option<BytesFrame> = None;
         loop {
             if self.stop.stopped() {
                 return Ok(false);
@@ -160,12 +161,18 @@ impl Walker<'_, '_> {
             if self.opts.sample.is_some_and(|n| self.agg.keys >= n) {
                 return Ok(false);
             }
-            replies.clear();
-            self.conn
-                .push([&b"SCAN"[..], &cursor, b"COUNT", count.as_bytes()]);
-            self.conn.send(&mut replies, self.stop).await?;
-            let (next, keys) = match replies.pop() {
-                Some(BytesFrame::Array(mut parts)) if parts.len() == 2 => {
+            let reply = match prefetched.take() {
+                Some(r) => r,
+                None => {
+                    replies.clear();
+                    self.conn
+                        .push([&b"SCAN"[..], &cursor, b"COUNT", count.as_bytes()]);
+                    self.conn.send(&mut replies, self.stop).await?;
+                    replies.pop().unwrap_or(BytesFrame::Null)
+                }
+            };
+            let (next, keys) = match reply {
+                BytesFrame::Array(mut parts) if parts.len() == 2 => {
                     let keys = match parts.pop() {
                         Some(BytesFrame::Array(k)) => k,
                         Some(other) => return Err(unexpected("SCAN", &other)),
@@ -174,17 +181,23 @@ impl Walker<'_, '_> {
                     let next = parts.pop().as_ref().and_then(bulk).cloned();
                     (next, keys)
                 }
-                Some(other) => return Err(unexpected("SCAN", &other)),
-                None => return Err(unexpected("SCAN", &BytesFrame::Null)),
+                other => return Err(unexpected("SCAN", &other)),
             };
             let Some(next) = next else {
                 return Err(unexpected("SCAN", &BytesFrame::Null));
             };
             let mut keys: Vec<Bytes> = keys.iter().filter_map(bulk).cloned().collect();
+            let mut last_sampled = false;
             if let Some(n) = self.opts.sample {
-                keys.truncate(usize::try_from(n - self.agg.keys).unwrap_or(usize::MAX));
+                let left = usize::try_from(n - self.agg.keys).unwrap_or(usize::MAX);
+                last_sampled = keys.len() >= left;
+                keys.truncate(left);
             }
-            self.batch(keys, &mut replies).await?;
+            // The next SCAN rides in this batch's first pipeline: one round trip less.
+            let ahead = (&next[..] != b"0" && !last_sampled).then_some(&next);
+            prefetched = self
+                .batch(keys, ahead, count.as_bytes(), &mut replies)
+                .await?;
             self.progress.update(self.agg.keys, started);
             if &next[..] == b"0" {
                 return Ok(true);
@@ -193,13 +206,16 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// Judges one batch of keys; with `scan_next`, also sends that SCAN and returns its reply.
     async fn batch(
         &mut self,
         keys: Vec<Bytes>,
+        scan_next: Option<&Bytes>,
+        count: &[u8],
         replies: &mut Vec<BytesFrame>,
-    ) -> Result<(), ConnError> {
+    ) -> Result<Option<BytesFrame>, ConnError> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // 1. what each key is
         for k in &keys {
@@ -207,8 +223,15 @@ impl Walker<'_, '_> {
             self.conn.push([&b"PTTL"[..], k]);
             self.conn.push([&b"MEMORY"[..], b"USAGE", k]);
         }
+        if let Some(cursor) = scan_next {
+            self.conn.push([&b"SCAN"[..], cursor, b"COUNT", count]);
+        }
         replies.clear();
         self.conn.send(replies, self.stop).await?;
+        let scan_reply = match scan_next {
+            Some(_) => replies.pop(),
+            None => None,
+        };
         let mut pending = Vec::with_capacity(keys.len());
         let mut it = replies.drain(..);
         for key in keys {
@@ -341,6 +364,6 @@ impl Walker<'_, '_> {
                 }
             }
         }
-        Ok(())
+        Ok(scan_reply)
     }
 }
