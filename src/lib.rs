@@ -18,9 +18,11 @@
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
 //! - [`reload`]: applying a changed configuration without a restart.
 //! - [`stats`]: `respguard stats`, the terminal view of a running proxy's metrics.
+//! - [`audit`]: `respguard audit`, an existing Redis measured against the policy.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod config;

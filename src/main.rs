@@ -15,6 +15,7 @@ USAGE:
     respguard --check-config FILE
     respguard stats [--admin ADDR] [--interval 2s] [--once]
     respguard acl --config FILE [--user NAME]
+    respguard audit --config FILE [--upstream URL] [--format table|json|markdown] ...
 
 OPTIONS:
     --config FILE         YAML configuration (see config/example.yaml)
@@ -28,6 +29,7 @@ OPTIONS:
     acl                   print the ACL SETUSER commands for the Redis user respguard
                           should connect as (the policy's keys and commands, for
                           redis-cli); --user defaults to the upstream URL's user
+    audit                 measure an existing Redis against the policy (audit --help)
     -h, --help            this text
     -V, --version         the version
 
@@ -196,6 +198,7 @@ fn main() -> ExitCode {
     match argv.get(1).map(String::as_str) {
         Some("stats") => return stats_main(&argv[2..]),
         Some("acl") => return acl_main(&argv[2..]),
+        Some("audit") => return respguard::audit::cli::main(&argv[2..]),
         _ => {}
     }
     let args = match parse_args() {
