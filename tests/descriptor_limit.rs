@@ -72,7 +72,14 @@ async fn start(
 async fn max_clients_is_capped_by_the_open_file_limit() {
     let redis = RedisServer::start();
     let (running, addr, admin) = start(&redis, "64:128", &[]).await;
+    // The port accepts connections once bound, a moment before the limits are logged.
+    let logged = common::eventually(Duration::from_secs(10), || {
+        let text = running.log_text();
+        async move { text.contains("max_clients reduced") }
+    })
+    .await;
     let log = running.log_text();
+    assert!(logged, "{log}");
     assert!(
         log.contains("open file limit raised") && log.contains("from=64") && log.contains("to=128"),
         "{log}"
