@@ -1188,7 +1188,7 @@ impl Conn {
             }
         };
         if traits.special == Special::ClientReply
-            && matches!(verdict, Verdict::Forward)
+            && matches!(verdict, Verdict::Forward | Verdict::Rewrite(_))
             && self.client_reply(&argv, cmd)
         {
             return true;
