@@ -253,11 +253,13 @@ impl Walker<'_, '_> {
                 continue;
             }
             // MEMORY USAGE can be refused (ACLs, renamed commands) or nil for a key that
-            // just vanished: the size is then unknown, counted as 0.
-            let bytes = match m {
-                BytesFrame::Integer(v) => u64::try_from(v).unwrap_or(0),
-                _ => 0,
+            // just vanished: the size is then unknown, counted as 0 and, since the value cap
+            // cannot be checked, the value is not read.
+            let size = match m {
+                BytesFrame::Integer(v) => u64::try_from(v).ok(),
+                _ => None,
             };
+            let bytes = size.unwrap_or(0);
             let ns = self.classifier.namespace(&key);
             let fetch = if !self.classifier.needs_values(ns) {
                 Fetch::None
@@ -270,7 +272,9 @@ impl Walker<'_, '_> {
             };
             let (fetch, inspection) = match fetch {
                 Fetch::None => (Fetch::None, Inspection::NotNeeded),
-                _ if bytes > self.opts.value_cap as u64 => (Fetch::None, Inspection::TooLarge),
+                _ if size.is_none_or(|b| b > self.opts.value_cap as u64) => {
+                    (Fetch::None, Inspection::TooLarge)
+                }
                 f => (f, Inspection::Inspected),
             };
             pending.push(Pending {
