@@ -209,12 +209,13 @@ impl Aggregate {
             }
         }
 
+        // Shapes are for keys in no namespace: what the report lists and the suggested
+        // policy turns into new namespaces.
+        if slot != self.ns.len() - 1 {
+            return;
+        }
+        let ns = NS_UNMATCHED;
         let shape = super::shape::of(k.key);
-        let ns = if slot == self.ns.len() - 1 {
-            NS_UNMATCHED
-        } else {
-            k.ns
-        };
         let id = (ns, shape);
         let entry = if self.shapes.len() >= MAX_SHAPES && !self.shapes.contains_key(&id) {
             None
