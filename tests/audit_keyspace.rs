@@ -704,3 +704,54 @@ fn wrong_password_is_an_upstream_error_that_never_shows_the_password() {
     assert!(err.contains("handshake"), "{err}");
     assert!(!err.contains("wrong-pw-123"), "{err}");
 }
+
+#[test]
+fn an_acl_user_without_memory_usage_gets_a_report_with_values_not_inspected() {
+    let redis = RedisServer::start();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        cli(&[
+            "ACL",
+            "SETUSER",
+            "auditor",
+            "on",
+            ">audit-pw",
+            "~*",
+            "+scan",
+            "+type",
+            "+pttl",
+            "+get",
+            "+hgetall",
+            "+dbsize",
+        ]),
+        "OK"
+    );
+    cli(&["SET", "user_profile:1", r#"{"password":"x"}"#, "EX", "5400"]);
+    cli(&["SET", "session:1", "v", "EX", "1200"]);
+    let out = Command::new(BIN)
+        .args(["audit", "--format", "json", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"))
+        .args([
+            "--upstream",
+            &format!("redis://auditor:audit-pw@127.0.0.1:{}", redis.port),
+        ])
+        .output()
+        .expect("audit");
+    let r = json(&out);
+    assert_eq!(r["keys_scanned"], 2);
+    assert_eq!(r["bytes"], 0, "sizes are unknown without MEMORY USAGE");
+    let p = ns(&r, "user_profile");
+    assert_eq!(
+        p["values_not_inspected"], 1,
+        "the value cap cannot be checked: not read"
+    );
+    assert_eq!(p["sensitive_keys"], 0);
+    assert_eq!(out.status.code(), Some(0));
+}

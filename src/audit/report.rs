@@ -209,12 +209,13 @@ impl Aggregate {
             }
         }
 
+        // Shapes are for keys in no namespace: what the report lists and the suggested
+        // policy turns into new namespaces.
+        if slot != self.ns.len() - 1 {
+            return;
+        }
+        let ns = NS_UNMATCHED;
         let shape = super::shape::of(k.key);
-        let ns = if slot == self.ns.len() - 1 {
-            NS_UNMATCHED
-        } else {
-            k.ns
-        };
         let id = (ns, shape);
         let entry = if self.shapes.len() >= MAX_SHAPES && !self.shapes.contains_key(&id) {
             None
@@ -725,6 +726,17 @@ impl Text {
                     .unwrap_or(0)
             })
             .collect();
+        // Columns of names (and the first) align left, figures right.
+        let left: Vec<bool> = (0..cols)
+            .map(|c| {
+                c == 0
+                    || rows
+                        .iter()
+                        .skip(1)
+                        .filter_map(|r| r.get(c))
+                        .any(|s| !s.starts_with(|ch: char| ch.is_ascii_digit() || ch == '-'))
+            })
+            .collect();
         for (i, r) in rows.iter().enumerate() {
             if self.md {
                 let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
@@ -736,7 +748,7 @@ impl Text {
                 let mut line = String::new();
                 for (c, cell) in r.iter().enumerate() {
                     let w = widths.get(c).copied().unwrap_or(0);
-                    if c == 0 || c + 1 == r.len() && cell.contains(", ") {
+                    if left.get(c).copied().unwrap_or(true) {
                         let _ = write!(line, "{cell:<w$}  ");
                     } else {
                         let _ = write!(line, "{cell:>w$}  ");

@@ -253,11 +253,13 @@ impl Walker<'_, '_> {
                 continue;
             }
             // MEMORY USAGE can be refused (ACLs, renamed commands) or nil for a key that
-            // just vanished: the size is then unknown, counted as 0.
-            let bytes = match m {
-                BytesFrame::Integer(v) => u64::try_from(v).unwrap_or(0),
-                _ => 0,
+            // just vanished: the size is then unknown, counted as 0 and, since the value cap
+            // cannot be checked, the value is not read.
+            let size = match m {
+                BytesFrame::Integer(v) => u64::try_from(v).ok(),
+                _ => None,
             };
+            let bytes = size.unwrap_or(0);
             let ns = self.classifier.namespace(&key);
             let fetch = if !self.classifier.needs_values(ns) {
                 Fetch::None
@@ -270,7 +272,9 @@ impl Walker<'_, '_> {
             };
             let (fetch, inspection) = match fetch {
                 Fetch::None => (Fetch::None, Inspection::NotNeeded),
-                _ if bytes > self.opts.value_cap as u64 => (Fetch::None, Inspection::TooLarge),
+                _ if size.is_none_or(|b| b > self.opts.value_cap as u64) => {
+                    (Fetch::None, Inspection::TooLarge)
+                }
                 f => (f, Inspection::Inspected),
             };
             pending.push(Pending {
@@ -365,5 +369,79 @@ impl Walker<'_, '_> {
             }
         }
         Ok(scan_reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    fn example() -> std::sync::Arc<Policy> {
+        let cfg = Config::parse(
+            include_str!("../../config/example.yaml"),
+            "example.yaml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        cfg.policy.unwrap()
+    }
+
+    #[test]
+    fn ttl_verdicts_follow_the_ttl_stage_when_it_clamps_and_when_it_refuses() {
+        let policy = example();
+        let mut c = Classifier::new(&policy);
+        // session: 15m..30m, clamped
+        let s = c.namespace(b"session:1");
+        assert_eq!(
+            c.ttl(b"session:1", s, Some(3_600_000)),
+            TtlFinding::AboveMax
+        );
+        assert_eq!(c.ttl(b"session:1", s, Some(1_200_000)), TtlFinding::Fine);
+        assert_eq!(c.ttl(b"session:1", s, Some(60_000)), TtlFinding::BelowMin);
+        assert_eq!(c.ttl(b"session:1", s, None), TtlFinding::NoExpiry);
+        // session_core: 15m..30m, on_violation: reject
+        let core = c.namespace(b"session:core:1");
+        assert_ne!(core, s);
+        assert_eq!(
+            c.ttl(b"session:core:1", core, Some(3_600_000)),
+            TtlFinding::AboveMax
+        );
+        assert_eq!(
+            c.ttl(b"session:core:1", core, Some(60_000)),
+            TtlFinding::BelowMin
+        );
+        assert_eq!(
+            c.ttl(b"session:core:1", core, Some(1_800_000)),
+            TtlFinding::Fine
+        );
+        // no namespace: no bounds, but the name alone is refused
+        let un = c.namespace(b"user42");
+        assert_eq!(un, NS_UNMATCHED);
+        assert_eq!(c.ttl(b"user42", un, None), TtlFinding::Fine);
+        assert!(c.refuses_name(un));
+        assert!(!c.refuses_name(s));
+    }
+
+    #[test]
+    fn sensitive_findings_use_the_namespace_rules() {
+        let policy = example();
+        let c = Classifier::new(&policy);
+        let mut found = Vec::new();
+        let doc = br#"{"a":{"dateOfBirth":"1990-01-01"},"password":"x"}"#;
+        c.sensitive("SET", &[b"SET", b"user_profile:1", doc], &mut found);
+        found.sort();
+        assert_eq!(found, ["dateOfBirth", "password"]);
+        // dateOfBirth is sensitive in user_profile only
+        found.clear();
+        c.sensitive("SET", &[b"SET", b"session:1", doc], &mut found);
+        assert_eq!(found, ["password"]);
+        found.clear();
+        c.sensitive(
+            "HSET",
+            &[b"HSET", b"customer:1", b"token", b"t", b"name", b"n"],
+            &mut found,
+        );
+        assert_eq!(found, ["token"]);
     }
 }
