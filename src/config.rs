@@ -533,7 +533,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
                     line: None,
                     field: "upstream.url".into(),
                     message: format!(
-                        "the upstream URL carries a password, which other local users can read (a command line in /proc/PID/cmdline, the environment of the process that started respguard); put it in upstream.password_file or $RESPGUARD_UPSTREAM_PASSWORD instead ({})",
+                        "the upstream URL carries a password, which leaks easily (a command line is world-readable in /proc/PID/cmdline; a URL in the environment gets copied into unit files, pod specs and shell history); put it in upstream.password_file instead ({})",
                         redact_url(&url)
                     ),
                 });

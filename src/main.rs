@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use respguard::config::{Config, Overrides, EXIT_BAD_CONFIG};
+use bytes::BytesMut;
+use respguard::codec::{encode_command, Limits};
+use respguard::config::{Config, Overrides, UpstreamConfig, EXIT_BAD_CONFIG};
+use respguard::policy::PolicyConfig;
+use respguard::upstream::Upstream;
 use respguard::{reload, Proxy};
 
 const USAGE: &str = "\
@@ -282,6 +286,12 @@ async fn run(config: Config, overrides: Overrides) -> ExitCode {
         env!("CARGO_PKG_VERSION")
     );
 
+    let check = (
+        config.upstream.clone(),
+        config.limits,
+        config.policy.clone(),
+    );
+
     // 2. bind and 3. spawn
     let proxy = match Proxy::start(config).await {
         Ok(p) => p,
@@ -299,12 +309,79 @@ async fn run(config: Config, overrides: Overrides) -> ExitCode {
         ));
     }
 
+    if let (up, limits, Some(policy)) = check {
+        tokio::spawn(check_upstream_user(up, limits, policy));
+    }
+
     // 4. signal
     wait_for_signal().await;
 
     // 5. drain
     proxy.shutdown(grace).await;
     ExitCode::SUCCESS
+}
+
+/// Warns when the Redis user respguard connects as may run commands the policy denies: code
+/// running inside Redis (scripts) is bounded by that user's ACL, not by respguard. Asks Redis
+/// with `ACL DRYRUN`, once, at start; a user that may not ask is not an all-powerful one.
+async fn check_upstream_user(up: UpstreamConfig, limits: Limits, policy: PolicyConfig) {
+    use respguard::policy::acl;
+    let conn = match Upstream::connect(&up, &limits).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream user not checked");
+            return;
+        }
+    };
+    let whoami = match conn
+        .call(b"*2\r\n$3\r\nACL\r\n$6\r\nWHOAMI\r\n", 1, &limits)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream user not checked");
+            return;
+        }
+    };
+    // `$<len>\r\n<name>\r\n`; an error (an old Redis, no permission) skips the check.
+    let Some(user) = whoami.first().and_then(|r| {
+        let start = r.iter().position(|&b| b == b'\n')? + 1;
+        (r.first() == Some(&b'$')).then(|| r.get(start..r.len().checked_sub(2)?))?
+    }) else {
+        return;
+    };
+    let probes = acl::dryrun_probes(&policy, user);
+    if probes.is_empty() {
+        return;
+    }
+    let mut req = BytesMut::new();
+    for (_, argv) in &probes {
+        encode_command(&mut req, argv.iter().map(Vec::as_slice));
+    }
+    let replies = match conn.call(&req, probes.len(), &limits).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream user not checked");
+            return;
+        }
+    };
+    let user_name = String::from_utf8_lossy(user);
+    match acl::open_doors(&probes, &replies) {
+        None => {
+            tracing::info!(user = %user_name, "the upstream Redis user may not run ACL DRYRUN, so it is not checked further")
+        }
+        Some(open) if open.is_empty() => {
+            tracing::info!(user = %user_name, "the upstream Redis user may run none of the keyless commands the policy denies")
+        }
+        Some(open) => {
+            tracing::warn!(
+                user = %user_name,
+                count = open.len(),
+                commands = %open.join(", "),
+                "the upstream Redis user may run commands the policy denies, and scripts run with its rights: connect respguard as the user `respguard acl --config FILE` prints"
+            );
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -199,6 +199,43 @@ impl Upstream {
         }
     }
 
+    /// Writes `req` (`n` commands) and returns their `n` replies, each a whole RESP frame.
+    /// For the proxy's own one-off questions to Redis, not for client traffic.
+    pub async fn call(
+        &self,
+        req: &[u8],
+        n: usize,
+        limits: &Limits,
+    ) -> Result<Vec<BytesMut>, UpstreamError> {
+        let mut off = 0;
+        while off < req.len() {
+            self.writable().await?;
+            match self.try_write(&req[off..]) {
+                Ok(k) => off += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut buf = BytesMut::with_capacity(256);
+        let mut scanner = ReplyScanner::new();
+        let mut replies = Vec::with_capacity(n);
+        while replies.len() < n {
+            if let Some(f) = scanner.scan(&buf, limits)? {
+                replies.push(buf.split_to(f.len));
+                continue;
+            }
+            self.readable().await?;
+            buf.reserve(4096);
+            match self.try_read_buf(&mut buf) {
+                Ok(0) => return Err(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(replies)
+    }
+
     /// Writes `req` and reads `n` replies; returns the first error reply's text, if any.
     async fn exchange(
         &self,

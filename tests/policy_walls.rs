@@ -772,3 +772,86 @@ async fn the_generated_acl_user_loads_into_redis_and_stops_scripts_inside_it() {
     );
     assert_eq!(admin.ask(&[b"EXISTS", b"bad:eval"]).await, b":0\r\n");
 }
+
+/// Runs the real binary against `yaml` until a log line contains one of `wanted` (or 20 s),
+/// then stops it; returns that line.
+fn first_log_line(yaml: &str, wanted: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!(
+        "respguard-start-{}-{}",
+        std::process::id(),
+        common::free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml).expect("write policy");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RESPGUARD_UPSTREAM")
+        .env_remove("RESPGUARD_UPSTREAM_PASSWORD")
+        .env_remove("RESPGUARD_LISTEN")
+        .env_remove("RESPGUARD_ADMIN")
+        .env("RESPGUARD_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start respguard");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = String::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if wanted.iter().any(|w| line.contains(w)) => break Some(line),
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    found.unwrap_or_else(|| panic!("none of {wanted:?} logged within 20 s:\n{seen}"))
+}
+
+#[tokio::test]
+async fn at_start_respguard_warns_when_its_redis_user_may_run_what_the_policy_denies() {
+    let redis = common::RedisServer::start();
+    let port = redis.addr().port();
+    let warn = "may run commands the policy denies";
+    let not_checked = "may not run ACL DRYRUN";
+    let denied = "  denied_commands: [\"@admin\", KEYS, FLUSHALL, FLUSHDB]";
+    let listen = format!("listen: 127.0.0.1:{}\n", common::free_port());
+
+    // As Redis's default user, which may run everything.
+    let yaml = format!(
+        "{listen}upstream:\n  url: redis://127.0.0.1:{port}\n{}",
+        policy(denied)
+    );
+    let line = first_log_line(&yaml, &[warn, not_checked]);
+    assert!(
+        line.contains(warn) && line.contains("FLUSHALL") && line.contains("CONFIG|SET"),
+        "{line}"
+    );
+    assert!(line.contains("user=default"), "{line}");
+
+    // As the user `respguard acl` prints for this policy.
+    let yaml = format!(
+        "{listen}upstream:\n  url: redis://app:s3cret@127.0.0.1:{port}\n{}",
+        policy(denied)
+    );
+    let mut admin = redis.raw().await;
+    apply_acl(&mut admin, &acl_commands(&yaml, None)).await;
+    let line = first_log_line(&yaml, &[warn, not_checked]);
+    assert!(line.contains(not_checked), "{line}");
+}

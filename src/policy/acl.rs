@@ -80,6 +80,49 @@ pub fn setuser_commands(
     lines
 }
 
+/// `ACL DRYRUN user ...` for each command the policy refuses that names no keys (arguments
+/// filled up to the command's arity), with the row's name: what [`open_doors`] reads back.
+/// Keyed commands are left out, since a dry run also checks the (made-up) keys.
+pub fn dryrun_probes(policy: &Policy, user: &[u8]) -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let rules = policy.command_rules();
+    CommandSpec::all()
+        .filter(|r| !r.is_container() && !r.has_keys() && rules.refuses(r))
+        .map(|row| {
+            let mut argv = vec![b"ACL".to_vec(), b"DRYRUN".to_vec(), user.to_vec()];
+            let parts: Vec<Vec<u8>> = row
+                .name
+                .split('|')
+                .map(|p| p.to_ascii_lowercase().into_bytes())
+                .collect();
+            let wanted = usize::try_from(row.arity.unsigned_abs()).unwrap_or(0);
+            let fill = wanted.saturating_sub(parts.len());
+            argv.extend(parts);
+            argv.extend(std::iter::repeat_n(b"0".to_vec(), fill));
+            (row.name, argv)
+        })
+        .collect()
+}
+
+/// The names of the probes Redis answered `+OK` to: commands the upstream user may run
+/// although the policy refuses them. `None` when Redis refused the dry runs themselves
+/// (`NOPERM`: a user without `ACL DRYRUN` lacks `@admin`, so it is not an all-powerful one).
+pub fn open_doors<'a>(
+    probes: &[(&'a str, Vec<Vec<u8>>)],
+    replies: &[impl AsRef<[u8]>],
+) -> Option<Vec<&'a str>> {
+    if replies.iter().any(|r| r.as_ref().starts_with(b"-NOPERM")) {
+        return None;
+    }
+    Some(
+        probes
+            .iter()
+            .zip(replies)
+            .filter(|(_, r)| r.as_ref() == b"+OK\r\n")
+            .map(|((name, _), _)| *name)
+            .collect(),
+    )
+}
+
 /// A Redis glob matching every key of the pattern: literal segments with the glob's special
 /// characters escaped, `*` for placeholders and remainders.
 fn glob(segments: &[Segment]) -> String {
