@@ -708,7 +708,9 @@ impl ReplyScanner {
                 return Ok(None);
             };
             let Some(eol) = find_crlf(buf, header_at + 1) else {
-                if buf.len() - header_at > limits.max_inline_len {
+                // Incomplete: refused once no CRLF could still end it within the limit (its
+                // CR may be the last byte buffered).
+                if buf.len() - header_at > limits.max_inline_len.saturating_add(1) {
                     return Err(ProtocolError::InvalidLine);
                 }
                 return Ok(None);
@@ -1054,8 +1056,9 @@ mod tests {
             Err(ProtocolError::InvalidLine)
         );
         assert_eq!(s.scan(&line, &limits), Err(ProtocolError::InvalidLine));
-        let ok = b"+xxxxxxxxxxxxxx\r\n";
-        assert_eq!(s.scan(ok, &limits).map(|f| f.map(|f| f.len)), Ok(Some(17)));
+        let ok = b"+xxxxxxxxxxxxxxx\r\n";
+        assert_eq!(s.scan(&ok[..17], &limits), Ok(None));
+        assert_eq!(s.scan(ok, &limits).map(|f| f.map(|f| f.len)), Ok(Some(18)));
     }
 
     #[test]
