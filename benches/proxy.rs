@@ -1,4 +1,4 @@
-//! Per-command hot path of the proxy outside the policy (issue 6): request framing of a
+//! Per-command hot path of the proxy outside the policy: request framing of a
 //! pipelined batch, reply framing, command-table lookup and key extraction, and the hit/miss
 //! classification of read replies. `policy.rs` covers naming and TTL, `sensitive.rs` JSON.
 //!

@@ -1,4 +1,4 @@
-//! Cost of the sensitive-data stage per value (issue 4).
+//! Cost of the sensitive-data stage per value.
 //!
 //! `copy/*` is the baseline: copying the value once, as forwarding it does at the least. The
 //! `fields/*` rows use the issue's field list; `fields+detect/*` adds both detectors. Each size

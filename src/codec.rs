@@ -708,11 +708,17 @@ impl ReplyScanner {
                 return Ok(None);
             };
             let Some(eol) = find_crlf(buf, header_at + 1) else {
-                if buf.len() - header_at > limits.max_inline_len {
+                // Incomplete: refused once no CRLF could still end it within the limit (its
+                // CR may be the last byte buffered).
+                if buf.len() - header_at > limits.max_inline_len.saturating_add(1) {
                     return Err(ProtocolError::InvalidLine);
                 }
                 return Ok(None);
             };
+            if eol - header_at > limits.max_inline_len {
+                // Refused however the line arrives, not only when a read ends inside it.
+                return Err(ProtocolError::InvalidLine);
+            }
             let line = &buf[header_at + 1..eol];
             let mut pos = eol + 2;
             let mut children: i64 = 0;
@@ -1032,6 +1038,50 @@ mod tests {
                     &input[..20.min(input.len())]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_reply_line_over_the_limit_is_refused_whole_or_in_pieces() {
+        let limits = Limits {
+            max_inline_len: 16,
+            ..Limits::default()
+        };
+        let mut line = b"+".to_vec();
+        line.extend_from_slice(&[b'x'; 20]);
+        line.extend_from_slice(b"\r\n");
+        let mut s = ReplyScanner::new();
+        assert_eq!(
+            s.scan(&line[..18], &limits),
+            Err(ProtocolError::InvalidLine)
+        );
+        assert_eq!(s.scan(&line, &limits), Err(ProtocolError::InvalidLine));
+        let ok = b"+xxxxxxxxxxxxxxx\r\n";
+        assert_eq!(s.scan(&ok[..17], &limits), Ok(None));
+        assert_eq!(s.scan(ok, &limits).map(|f| f.map(|f| f.len)), Ok(Some(18)));
+    }
+
+    #[test]
+    fn a_reply_in_pieces_scans_like_the_whole() {
+        let limits = Limits::default();
+        let whole =
+            b"|1\r\n+ttl\r\n:3\r\n*3\r\n$5\r\nhello\r\n%1\r\n+k\r\n~2\r\n#t\r\n_\r\n,1.5\r\n";
+        let want = ReplyScanner::new().scan(whole, &limits);
+        assert_eq!(
+            want.clone().map(|f| f.map(|f| f.len)),
+            Ok(Some(whole.len()))
+        );
+        for piece in 1..8 {
+            let mut s = ReplyScanner::new();
+            let mut end = 0;
+            let got = loop {
+                end = (end + piece).min(whole.len());
+                match s.scan(&whole[..end], &limits) {
+                    Ok(None) if end < whole.len() => {}
+                    other => break other,
+                }
+            };
+            assert_eq!(got, want, "{piece}-byte pieces");
         }
     }
 
