@@ -1,7 +1,7 @@
 //! Cost of the sensitive-data stage per value.
 //!
 //! `copy/*` is the baseline: copying the value once, as forwarding it does at the least. The
-//! `fields/*` rows use the field list; `fields+detect/*` adds both detectors. Each size
+//! `fields/*` rows use the example policy's field list; `fields+detect/*` adds both detectors. Each size
 //! is measured on a clean document (the prefilter path, which must stay close to the copy) and
 //! on one with a sensitive field in the middle (prefilter, parse and rewrite).
 

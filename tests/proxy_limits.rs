@@ -225,27 +225,29 @@ async fn malformed_resp_is_refused_and_disconnects() {
         answers.push(frames);
     }
     assert_eq!(answers[0], answers[1], "proxy (left) and redis (right)");
-    // A line of NUL bytes, then a PING: errors at most, and the PING is answered.
-    let mut c = raw_proxy(&proxy).await;
-    c.send(&[0u8; 64]).await;
-    c.send(b"\r\nPING\r\n").await;
-    loop {
-        let f = c.reply().await;
-        if f == b"+PONG\r\n" {
-            break;
+    // A line of NUL bytes, then a PING (Redis finds line ends with `strchr`, so the NUL hides
+    // them and it waits for more), and a bulk whose CRLF is missing (Redis skips the two bytes
+    // after the data unread): what Redis answers, frame for frame, open or closed alike.
+    for junk in [
+        &[&[0u8; 64][..], b"\r\nPING\r\n"].concat()[..],
+        b"*1\r\n$1\r\nab\r\n\r\n",
+    ] {
+        let mut answers = Vec::new();
+        for mut c in [raw_proxy(&proxy).await, redis.raw().await] {
+            c.send(junk).await;
+            let (frames, open) = match c.rest_until_closed(Duration::from_secs(1)).await {
+                Ok(frames) => (frames, false),
+                Err(frames) => (frames, true),
+            };
+            let frames: Vec<String> = frames.iter().map(|f| show(f)).collect();
+            answers.push((frames, open));
         }
-        assert!(f.starts_with(b"-ERR"), "{}", show(&f));
-    }
-    // A bulk whose CRLF is missing: an error, never a hang or a panic.
-    let mut c = raw_proxy(&proxy).await;
-    c.send(b"*1\r\n$1\r\nab\r\n\r\n").await;
-    let first = c.reply().await;
-    assert!(first.starts_with(b"-ERR"), "{}", show(&first));
-    let rest = match c.rest_until_closed(Duration::from_secs(1)).await {
-        Ok(frames) | Err(frames) => frames,
-    };
-    for f in &rest {
-        assert!(f.starts_with(b"-ERR"), "{}", show(f));
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "proxy (left) and redis (right) for {}",
+            show(junk)
+        );
     }
     still_serves(&mut bystander, &proxy).await;
 }

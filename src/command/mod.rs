@@ -722,31 +722,10 @@ fn bitfield_key_flags(argv: &Argv<'_>) -> u32 {
     KS_RO | KS_ACCESS
 }
 
-/// Redis's `string2ll`: optional '-', no '+', no leading zeros, no whitespace, no overflow.
+/// Redis's `string2ll`: optional '-', no '+', no leading zeros, no whitespace, no overflow;
+/// the same reader the request scanner uses for lengths.
 pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    let (negative, digits) = match s.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, s),
-    };
-    match digits {
-        [b'0'] if !negative => return Some(0),
-        [b'1'..=b'9', ..] => {}
-        _ => return None,
-    }
-    let mut value: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        let d = i64::from(d - b'0');
-        // Accumulate negatively so i64::MIN parses.
-        value = value.checked_mul(10)?.checked_sub(d)?;
-    }
-    if negative {
-        Some(value)
-    } else {
-        value.checked_neg()
-    }
+    crate::codec::string2ll(s)
 }
 
 #[cfg(test)]
