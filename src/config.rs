@@ -119,6 +119,16 @@ struct RawUpstream {
     connect_timeout: Option<Spanned<String>>,
     read_timeout: Option<Spanned<String>>,
     shared_connections: Option<Spanned<u64>>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -178,6 +188,8 @@ pub struct UpstreamConfig {
     /// Upstream connections shared by clients without connection state; 0 gives every
     /// client its own from the start.
     pub shared_connections: usize,
+    /// Set for `rediss://` URLs.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 #[derive(Clone, Debug)]
@@ -326,10 +338,7 @@ pub fn parse_upstream_url(
         )
     })?;
     match scheme {
-        "redis" => {}
-        "rediss" => {
-            return Err("rediss:// (TLS) is not supported yet: use redis:// or unix://".into())
-        }
+        "redis" | "rediss" => {}
         "unix" | "redis+unix" => {
             let path = rest.split('?').next().unwrap_or(rest);
             if path.is_empty() || !path.starts_with('/') {
@@ -341,7 +350,7 @@ pub fn parse_upstream_url(
         }
         other => {
             return Err(format!(
-                "unsupported URL scheme {other:?} (use redis:// or unix://)"
+                "unsupported URL scheme {other:?} (use redis://, rediss:// or unix://)"
             ))
         }
     }
@@ -393,6 +402,11 @@ pub fn parse_upstream_url(
     Ok((UpstreamAddr::Tcp { host, port }, user, pass, db))
 }
 
+/// Whether the URL asks for TLS (`rediss://`).
+pub fn url_is_tls(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(s, _)| s == "rediss")
+}
+
 /// The URL with any password replaced, for error messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -429,6 +443,80 @@ fn percent_decode(s: &str) -> String {
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("{s:?} is not an address (expected host:port, like 0.0.0.0:6380)"))
+}
+
+/// The first line any of the section's fields is on, for problems about the section.
+fn section_line(fields: &[&Option<Spanned<String>>]) -> Option<u64> {
+    fields
+        .iter()
+        .find_map(|f| f.as_ref().map(|v| v.referenced.line()))
+}
+
+/// Builds the upstream's TLS material; problems name the file's field.
+fn upstream_tls(
+    raw: Option<&RawUpstreamTls>,
+    wanted: bool,
+    addr: Option<&UpstreamAddr>,
+    url_line: Option<u64>,
+    p: &mut Problems<'_>,
+) -> Option<crate::tls::UpstreamTls> {
+    use crate::tls::{TlsField, TlsFiles, UpstreamTls};
+    let empty = RawUpstreamTls::default();
+    let t = raw.unwrap_or(&empty);
+    let all = [&t.ca_file, &t.cert_file, &t.key_file, &t.server_name];
+    if !wanted {
+        if raw.is_some() {
+            p.add(
+                section_line(&all),
+                "upstream.tls",
+                "set, but upstream.url is not rediss://: use rediss:// to connect with TLS",
+            );
+        }
+        return None;
+    }
+    let host = match addr? {
+        UpstreamAddr::Tcp { host, .. } => host.clone(),
+        UpstreamAddr::Unix(_) => return None,
+    };
+    let name = match &t.server_name {
+        Some(v) => match crate::tls::server_name(&v.value) {
+            Ok(n) => n,
+            Err(e) => {
+                p.at(v, "upstream.tls.server_name", e);
+                return None;
+            }
+        },
+        None => match crate::tls::server_name(&host) {
+            Ok(n) => n,
+            Err(e) => {
+                p.add(url_line, "upstream.url", e);
+                return None;
+            }
+        },
+    };
+    let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| PathBuf::from(&v.value));
+    let files = TlsFiles {
+        ca_file: path(&t.ca_file),
+        cert_file: path(&t.cert_file),
+        key_file: path(&t.key_file),
+    };
+    match UpstreamTls::new(files, name) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            let (field, v) = match e.field {
+                TlsField::Ca => ("upstream.tls.ca_file", &t.ca_file),
+                TlsField::Cert => ("upstream.tls.cert_file", &t.cert_file),
+                TlsField::Key => ("upstream.tls.key_file", &t.key_file),
+            };
+            let line = v
+                .as_ref()
+                .map(|v| v.referenced.line())
+                .or(section_line(&all))
+                .or(url_line);
+            p.add(line, field, e.message);
+            None
+        }
+    }
 }
 
 fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigErrors> {
@@ -497,6 +585,13 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             None
         }
     };
+    let upstream_tls = upstream_tls(
+        up.tls.as_ref(),
+        url_is_tls(&url),
+        parsed_url.as_ref().map(|v| &v.0),
+        url_line,
+        &mut p,
+    );
     let mut file_password = None;
     if let Some(pf) = &up.password_file {
         match std::fs::read_to_string(&pf.value) {
@@ -627,6 +722,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             connect_timeout,
             read_timeout,
             shared_connections,
+            tls: upstream_tls,
         },
         limits,
         max_clients,
@@ -680,11 +776,15 @@ mod tests {
         assert_eq!(db, 0);
         let (a, ..) = parse_upstream_url("unix:///run/redis.sock").unwrap();
         assert_eq!(a, UpstreamAddr::Unix("/run/redis.sock".into()));
-        let e = parse_upstream_url("rediss://h:1").unwrap_err();
-        assert!(
-            e.contains("TLS not supported") || e.contains("not supported yet"),
-            "{e}"
+        let (a, ..) = parse_upstream_url("rediss://h:1").unwrap();
+        assert_eq!(
+            a,
+            UpstreamAddr::Tcp {
+                host: "h".into(),
+                port: 1
+            }
         );
+        assert!(url_is_tls("rediss://h:1") && !url_is_tls("redis://h:1"));
         assert!(parse_upstream_url("redis://h:notaport").is_err());
         assert!(parse_upstream_url("http://h:1").is_err());
         assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
@@ -692,7 +792,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_listed_with_its_line() {
-        let text = "listen: nowhere\nadmin: 127.0.0.1:9090\nupstream:\n  url: rediss://x:1\n  connect_timeout: 5 parsecs\nlimits:\n  max_bulk_len: huge\n";
+        let text = "listen: nowhere\nadmin: 127.0.0.1:9090\nupstream:\n  url: redis://x:99999\n  connect_timeout: 5 parsecs\nlimits:\n  max_bulk_len: huge\n";
         let err = Config::parse(text, "bad.yaml", &Overrides::default()).unwrap_err();
         let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
         assert!(lines.contains(&(Some(1), "listen")), "{err}");

@@ -13,6 +13,8 @@
 //! - [`multiplex`]: shared upstream connections for clients without connection state, and the
 //!   rule for when a client is pinned to its own.
 //! - [`upstream`]: connecting to Redis (TCP or Unix socket) and the proxy's handshake.
+//! - [`tls`]: certificate material, handshakes with named causes, and the bridge that gives
+//!   the session a plain stream for a TLS connection.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
@@ -31,6 +33,7 @@ pub mod multiplex;
 pub mod policy;
 pub mod reload;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

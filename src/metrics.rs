@@ -471,6 +471,7 @@ impl Metrics {
             [
                 "connect",
                 "connect_timeout",
+                "tls",
                 "handshake",
                 "io",
                 "protocol",

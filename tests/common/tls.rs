@@ -1,0 +1,135 @@
+//! Certificates made for the test (a CA, servers, clients, expired and wrong-name ones) and a
+//! real `redis-server` that also listens with TLS.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+use super::ports::{free_port, listens};
+use super::servers::RedisServer;
+
+/// A certificate authority and the directory its files are written to.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and key on disk.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    /// A new CA named `name`, its certificate written as `<name>-ca.pem`.
+    pub fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!(
+            "respguard-pki-{}-{}-{}",
+            std::process::id(),
+            name,
+            super::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
+            .expect("ca certificate");
+        let pki = Pki { dir, ca };
+        std::fs::write(pki.ca_file(), pki.ca.pem()).expect("write ca");
+        pki
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), written as `<file>.pem` and
+    /// `<file>-key.pem`.
+    pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// A certificate whose validity ended in 2020.
+    pub fn issue_expired(&self, file: &str, names: &[&str]) -> Issued {
+        self.issue_with(file, names, |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, file);
+        adjust(&mut params);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.pem")),
+            key: self.dir.join(format!("{file}-key.pem")),
+        };
+        write(&issued.cert, &cert.pem());
+        write(&issued.key, &key.serialize_pem());
+        issued
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `redis-server` with its plain port (for direct comparisons) and a TLS port.
+pub struct TlsRedis {
+    pub redis: RedisServer,
+    pub tls_port: u16,
+}
+
+impl TlsRedis {
+    /// Starts Redis serving `server`'s certificate on a TLS port, trusting `pki`'s CA for
+    /// client certificates; `auth_clients` is Redis's `tls-auth-clients` (`yes`, `no`,
+    /// `optional`).
+    pub fn start(pki: &Pki, server: &Issued, auth_clients: &str) -> TlsRedis {
+        for _ in 0..5 {
+            let tls_port = free_port();
+            let port = tls_port.to_string();
+            let ca = pki.ca_file();
+            let redis = RedisServer::start_with(&[
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                server.cert.to_str().expect("utf-8 path"),
+                "--tls-key-file",
+                server.key.to_str().expect("utf-8 path"),
+                "--tls-ca-cert-file",
+                ca.to_str().expect("utf-8 path"),
+                "--tls-auth-clients",
+                auth_clients,
+            ]);
+            if listens(redis.pid(), tls_port) {
+                return TlsRedis { redis, tls_port };
+            }
+        }
+        panic!("redis-server did not listen on any of 5 free TLS ports");
+    }
+
+    /// `rediss://` to the TLS port.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+}
