@@ -109,6 +109,26 @@ struct RawConfig {
     shutdown_grace: Option<Spanned<String>>,
     workers: Option<Spanned<u64>>,
     policy: Option<RawPolicy>,
+    unix_socket: Option<RawUnixSocket>,
+    tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUnixSocket {
+    path: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    listen: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_auth: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -192,9 +212,20 @@ pub struct UpstreamConfig {
     pub tls: Option<crate::tls::UpstreamTls>,
 }
 
+/// A Unix socket listener for clients on the same host (a pod's shared volume).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    /// File mode of the socket, e.g. 0o660.
+    pub mode: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub unix_socket: Option<UnixListen>,
+    /// A TLS listener, next to the plain one.
+    pub tls: Option<crate::tls::ListenerTls>,
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
@@ -519,6 +550,115 @@ fn upstream_tls(
     }
 }
 
+fn unix_listen(raw: &RawUnixSocket, p: &mut Problems<'_>) -> Option<UnixListen> {
+    let Some(path) = &raw.path else {
+        p.add(
+            section_line(&[&raw.mode]),
+            "unix_socket.path",
+            "missing: the socket's absolute path, e.g. /run/respguard/redis.sock",
+        );
+        return None;
+    };
+    let text = path.value.strip_prefix("unix://").unwrap_or(&path.value);
+    if !text.starts_with('/') {
+        p.at(path, "unix_socket.path", "must be an absolute path");
+        return None;
+    }
+    let mode = match &raw.mode {
+        None => 0o660,
+        Some(m) => match u32::from_str_radix(m.value.trim(), 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                p.at(
+                    m,
+                    "unix_socket.mode",
+                    format!("{:?} is not a file mode (octal, quoted: \"0660\")", m.value),
+                );
+                return None;
+            }
+        },
+    };
+    Some(UnixListen {
+        path: PathBuf::from(text),
+        mode,
+    })
+}
+
+fn listener_tls(raw: &RawListenerTls, p: &mut Problems<'_>) -> Option<crate::tls::ListenerTls> {
+    use crate::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
+    let all = [
+        &raw.listen,
+        &raw.cert_file,
+        &raw.key_file,
+        &raw.ca_file,
+        &raw.client_auth,
+        &raw.handshake_timeout,
+    ];
+    let listen = match &raw.listen {
+        None => {
+            p.add(
+                section_line(&all),
+                "tls.listen",
+                "missing: the address for TLS clients, e.g. 0.0.0.0:6390",
+            );
+            None
+        }
+        Some(v) => parse_addr(&v.value)
+            .map_err(|e| p.at(v, "tls.listen", e))
+            .ok(),
+    };
+    let auth = match raw.client_auth.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "none")) => Some(ClientAuth::None),
+        Some((_, "optional")) => Some(ClientAuth::Optional),
+        Some((_, "required")) => Some(ClientAuth::Required),
+        Some((v, other)) => {
+            p.at(
+                v,
+                "tls.client_auth",
+                format!("{other:?}: use required, optional or none"),
+            );
+            None
+        }
+    };
+    let handshake_timeout = match &raw.handshake_timeout {
+        None => Duration::from_secs(5),
+        Some(v) => match parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.at(v, "tls.handshake_timeout", "must be greater than zero");
+                return None;
+            }
+            Err(e) => {
+                p.at(v, "tls.handshake_timeout", e);
+                return None;
+            }
+        },
+    };
+    let (listen, auth) = (listen?, auth?);
+    let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| PathBuf::from(&v.value));
+    let files = TlsFiles {
+        ca_file: path(&raw.ca_file),
+        cert_file: path(&raw.cert_file),
+        key_file: path(&raw.key_file),
+    };
+    match ListenerTls::new(listen, files, auth, handshake_timeout) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let (field, v) = match e.field {
+                TlsField::Ca => ("tls.ca_file", &raw.ca_file),
+                TlsField::Cert => ("tls.cert_file", &raw.cert_file),
+                TlsField::Key => ("tls.key_file", &raw.key_file),
+            };
+            let line = v
+                .as_ref()
+                .map(|v| v.referenced.line())
+                .or(section_line(&all));
+            p.add(line, field, e.message);
+            None
+        }
+    }
+}
+
 fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigErrors> {
     let mut p = Problems::new(source);
 
@@ -698,6 +838,11 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
     let shared_connections = shared_connections.unwrap_or(workers.min(64));
 
     let policy = raw.policy.map(|rp| crate::policy::validate(rp, &mut p));
+    let unix_socket = raw
+        .unix_socket
+        .as_ref()
+        .and_then(|u| unix_listen(u, &mut p));
+    let tls = raw.tls.as_ref().and_then(|t| listener_tls(t, &mut p));
 
     let password = ov.upstream_password.clone().map(Secret).or(file_password);
 
@@ -713,6 +858,8 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
     };
     Ok(Config {
         listen,
+        unix_socket,
+        tls,
         admin,
         upstream: UpstreamConfig {
             addr,

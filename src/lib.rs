@@ -2,6 +2,7 @@
 //!
 //! Modules in the order a command flows through them:
 //!
+//! - [`transport`]: the client's stream, TCP or Unix (a Unix listener or a TLS bridge).
 //! - [`listener`]: accepts clients, enforces the client limit, drains on shutdown; [`Proxy`]
 //!   is the handle to a running proxy.
 //! - [`connection`]: one task per client; batches reads and writes, pairs replies with
@@ -34,6 +35,7 @@ pub mod policy;
 pub mod reload;
 pub mod stats;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 pub use config::Config;

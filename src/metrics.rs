@@ -64,6 +64,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Upstream failures by kind.",
     ),
     (
+        "respguard_client_tls_failures_total",
+        "Client TLS handshakes that failed, by reason (no_certificate, bad_certificate, not_tls, alert, protocol, timeout, io).",
+    ),
+    (
         "respguard_config_reloads_total",
         "Configuration reloads by result (ok, error).",
     ),
@@ -464,6 +468,19 @@ impl Metrics {
         if let Some(u) = upstream {
             h.upstream.record_n(u, n);
         }
+    }
+
+    /// A client's TLS handshake failed; rare enough to register the series on use.
+    pub fn client_tls_failure(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "respguard_client_tls_failures_total",
+                    vec![Label::new("reason", reason)],
+                ),
+                &META,
+            )
+            .increment(1);
     }
 
     pub fn upstream_error(&self, kind: &'static str) {

@@ -297,6 +297,97 @@ impl UpstreamTls {
     }
 }
 
+/// A TLS listener's settings and the material built from them.
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub listen: std::net::SocketAddr,
+    pub files: TlsFiles,
+    pub client_auth: ClientAuth,
+    pub handshake_timeout: Duration,
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("listen", &self.listen)
+            .field("files", &self.files)
+            .field("client_auth", &self.client_auth)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a client's TLS handshake failed: a bounded metric label and the detail for the log.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl ListenerTls {
+    pub fn new(
+        listen: std::net::SocketAddr,
+        files: TlsFiles,
+        client_auth: ClientAuth,
+        handshake_timeout: Duration,
+    ) -> Result<Self, MaterialError> {
+        let cfg = server_config(&files, client_auth)?;
+        Ok(ListenerTls {
+            listen,
+            files,
+            client_auth,
+            handshake_timeout,
+            current: Arc::new(RwLock::new(Arc::new(cfg))),
+        })
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the files; on success new handshakes use them.
+    pub fn reload(&self) -> Result<(), MaterialError> {
+        let cfg = Arc::new(server_config(&self.files, self.client_auth)?);
+        match self.current.write() {
+            Ok(mut g) => *g = cfg,
+            Err(p) => *p.into_inner() = cfg,
+        }
+        Ok(())
+    }
+
+    /// Runs a client's handshake and returns the bridged plain end.
+    pub async fn accept(&self, tcp: TcpStream) -> Result<UnixStream, HandshakeFailure> {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
+        let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+            Err(_) => {
+                return Err(HandshakeFailure {
+                    reason: "timeout",
+                    detail: format!(
+                        "no complete handshake within {} ms",
+                        self.handshake_timeout.as_millis()
+                    ),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(HandshakeFailure {
+                    reason: client_failure_reason(&e),
+                    detail: e.to_string(),
+                })
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        bridge(tls).map_err(|e| HandshakeFailure {
+            reason: "io",
+            detail: e.to_string(),
+        })
+    }
+}
+
 /// Reads one reply line (PING's answer is always a single line), up to a bound.
 async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<()> {
     let mut b = [0u8; 1];

@@ -133,3 +133,70 @@ impl TlsRedis {
         format!("rediss://127.0.0.1:{}", self.tls_port)
     }
 }
+
+/// A TLS client connection to a proxy's TLS listener, trusting `pki`'s CA and presenting
+/// `cert` when given.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    cert: Option<&Issued>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.ca_file()).expect("ca") {
+        roots.add(c.expect("ca pem")).expect("ca cert");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let cfg = match cert {
+        Some(c) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&c.cert)
+                    .expect("cert")
+                    .map(|c| c.expect("cert pem"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(&c.key).expect("key"),
+            )
+            .expect("client cert"),
+        None => b.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+}
+
+/// Sends one command over any stream and reads one reply frame (10 s at most); `Err` when
+/// the connection fails or closes first.
+pub async fn call_on<S>(s: &mut S, args: &[&[u8]]) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = bytes::BytesMut::new();
+    respguard::codec::encode_command(&mut out, args.iter().copied());
+    s.write_all(&out).await?;
+    s.flush().await?;
+    let mut buf = bytes::BytesMut::new();
+    let mut scanner = respguard::codec::ReplyScanner::new();
+    let limits = respguard::codec::Limits::default();
+    let read = async {
+        loop {
+            if let Ok(Some(f)) = scanner.scan(&buf, &limits) {
+                return Ok(buf.split_to(f.len).to_vec());
+            }
+            buf.reserve(64 * 1024);
+            if s.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
