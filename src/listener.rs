@@ -87,14 +87,29 @@ impl Shared {
     /// restart keep their old values; the policy switches for commands read from now on.
     pub fn install(&self, new: Config) {
         let old = self.config();
-        if new.listen != old.listen || new.admin != old.admin || new.upstream != old.upstream {
-            tracing::warn!("listen, admin and upstream changes take effect only after a restart");
+        if new.listen != old.listen
+            || new.admin != old.admin
+            || new.upstream != old.upstream
+            || new.unix_socket != old.unix_socket
+            || new
+                .tls
+                .as_ref()
+                .map(|t| (t.listen, &t.files, t.client_auth))
+                != old
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.listen, &t.files, t.client_auth))
+        {
+            tracing::warn!("listen, unix_socket, tls, admin and upstream changes take effect only after a restart");
         }
         let policy = new.policy.clone();
         let mut merged = new;
         merged.listen = old.listen;
         merged.admin = old.admin;
         merged.upstream = old.upstream.clone();
+        // The TLS material in force is replaced only by the certificate watcher.
+        merged.unix_socket = old.unix_socket.clone();
+        merged.tls = old.tls.clone();
         match self.config.write() {
             Ok(mut g) => *g = Arc::new(merged),
             Err(p) => *p.into_inner() = Arc::new(merged),
@@ -177,6 +192,10 @@ impl Proxy {
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));
         }
         let (shutdown, rx) = watch::channel(ShutdownPhase::Running);
+        tokio::spawn(crate::tls::watch(
+            Arc::downgrade(&shared),
+            Duration::from_secs(2),
+        ));
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve(l, shared.clone(), rx.clone()));
         }

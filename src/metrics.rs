@@ -68,6 +68,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Client TLS handshakes that failed, by reason (no_certificate, bad_certificate, not_tls, alert, protocol, timeout, io).",
     ),
     (
+        "respguard_tls_reloads_total",
+        "TLS certificate reloads by result (ok, error).",
+    ),
+    (
         "respguard_config_reloads_total",
         "Configuration reloads by result (ok, error).",
     ),
@@ -477,6 +481,19 @@ impl Metrics {
                 &Key::from_parts(
                     "respguard_client_tls_failures_total",
                     vec![Label::new("reason", reason)],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
+    /// A reload of TLS certificate files was applied or refused.
+    pub fn tls_reload(&self, ok: bool) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "respguard_tls_reloads_total",
+                    vec![Label::new("result", if ok { "ok" } else { "error" })],
                 ),
                 &META,
             )

@@ -483,3 +483,80 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{host:?} is neither a DNS name nor an IP address"))
 }
+
+/// Every certificate, key and CA file in force, with its content (`None` if unreadable).
+fn snapshot(cfg: &crate::config::Config) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let files = cfg
+        .upstream
+        .tls
+        .iter()
+        .map(|t| &t.files)
+        .chain(cfg.tls.iter().map(|t| &t.files));
+    files
+        .flat_map(|f| [&f.ca_file, &f.cert_file, &f.key_file])
+        .flatten()
+        .map(|p| (p.clone(), std::fs::read(p).ok()))
+        .collect()
+}
+
+/// Rebuilds the TLS material from its files. A file that cannot be used changes nothing:
+/// the material in force stays, the problem is logged and counted.
+pub fn reload_now(shared: &crate::listener::Shared) {
+    let cfg = shared.config();
+    let results = cfg
+        .upstream
+        .tls
+        .iter()
+        .map(|t| ("upstream.tls", t.reload()))
+        .chain(cfg.tls.iter().map(|t| ("tls", t.reload())));
+    for (section, r) in results {
+        match r {
+            Ok(()) => {
+                shared.metrics.tls_reload(true);
+                tracing::info!(
+                    section,
+                    "TLS certificates reloaded; new handshakes use them"
+                );
+            }
+            Err(e) => {
+                shared.metrics.tls_reload(false);
+                tracing::error!(section, error = %e, "TLS certificate reload refused; the certificates in force stay");
+            }
+        }
+    }
+}
+
+/// Re-reads the TLS files on SIGHUP and whenever their content changes (polled every
+/// `every`; content rather than inode or mtime, for the symlink swap of a mounted secret).
+pub async fn watch(shared: std::sync::Weak<crate::listener::Shared>, every: Duration) {
+    let Some(first) = shared.upgrade() else {
+        return;
+    };
+    let mut last = snapshot(&first.config());
+    if last.is_empty() {
+        return;
+    }
+    drop(first);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let by_signal = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = snapshot(&shared.config());
+        if by_signal || now != last {
+            reload_now(&shared);
+            last = now;
+        }
+    }
+}

@@ -84,6 +84,23 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A new certificate named `cn` for `issued`'s key, replacing `issued.cert` in one
+    /// rename (as a secret update swaps its files); returns the new certificate's DER.
+    pub fn reissue(&self, issued: &Issued, cn: &str, names: &[&str]) -> Vec<u8> {
+        let key_pem = std::fs::read_to_string(&issued.key).expect("key");
+        let key = KeyPair::from_pem(&key_pem).expect("key pem");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        let tmp = issued.cert.with_extension("new");
+        write(&tmp, &cert.pem());
+        std::fs::rename(&tmp, &issued.cert).expect("rename");
+        cert.der().to_vec()
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
