@@ -246,6 +246,23 @@ fn unreadable_and_mismatched_key_files_are_located() {
     assert!(p.message.contains("does not belong"), "{err}");
     assert!(!p.message.contains("PRIVATE KEY"), "{err}");
 
+    // A valid configuration prints its paths, never the key.
+    let yaml = format!(
+        "upstream:\n  url: rediss://127.0.0.1:1\n  tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n",
+        pki.ca_file().display(),
+        a.cert.display(),
+        a.key.display()
+    );
+    let cfg = respguard::Config::parse(&yaml, "t.yaml", &Default::default()).expect("valid");
+    let shown = format!("{cfg:?}");
+    let key_pem = std::fs::read_to_string(&a.key).expect("key");
+    let key_body = key_pem.lines().nth(1).expect("key body");
+    assert!(shown.contains(&a.key.display().to_string()), "{shown}");
+    assert!(
+        !shown.contains(key_body) && !shown.contains("PRIVATE"),
+        "{shown}"
+    );
+
     let yaml = format!(
         "upstream:\n  url: rediss://127.0.0.1:1\n  tls:\n    ca_file: {}/missing.pem\n",
         pki.dir.display()
@@ -265,4 +282,62 @@ fn unreadable_and_mismatched_key_files_are_located() {
     )
     .unwrap_err();
     assert_eq!(err.0[0].field, "upstream.tls", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64mb_value_and_a_10k_pipeline_cross_tls_on_both_sides() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("both");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let redis = TlsRedis::start(&pki, &server, "no");
+    let yaml = format!(
+        "{}tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
+        tls_yaml(&[("ca_file", &pki.ca_file())]),
+        server.cert.display(),
+        server.key.display()
+    );
+    let proxy = common::proxy(&yaml, &redis.tls_url()).await;
+    let mut c = common::tls_connect(proxy.tls_addr.expect("tls"), &pki, None)
+        .await
+        .expect("tls client");
+
+    let big: Vec<u8> = (0..64 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_resp!(
+        common::call_on(&mut c, &[b"SET", b"app:big:1", &big])
+            .await
+            .unwrap(),
+        b"+OK\r\n"
+    );
+    let got = common::call_on(&mut c, &[b"GET", b"app:big:1"])
+        .await
+        .unwrap();
+    let head = format!("${}\r\n", big.len());
+    assert!(
+        got.len() == head.len() + big.len() + 2
+            && got.starts_with(head.as_bytes())
+            && got[head.len()..head.len() + big.len()] == big[..],
+        "the 64 MB value came back changed ({} bytes)",
+        got.len()
+    );
+    let mut d = redis.redis.raw().await;
+    assert_eq!(d.call(&[b"STRLEN", b"app:big:1"]).await, b":67108864\r\n");
+
+    let mut pipeline = bytes::BytesMut::new();
+    let mut want = Vec::new();
+    for i in 0..10_000 {
+        let key = format!("app:n:{}", i % 100);
+        respguard::codec::encode_command(&mut pipeline, [&b"INCR"[..], key.as_bytes()].into_iter());
+        want.extend_from_slice(format!(":{}\r\n", i / 100 + 1).as_bytes());
+    }
+    c.write_all(&pipeline).await.expect("write pipeline");
+    c.flush().await.expect("flush");
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut got))
+        .await
+        .expect("10k replies within 30 s")
+        .expect("read replies");
+    assert!(
+        got == want,
+        "10k pipelined replies differ from the expected counts"
+    );
 }
