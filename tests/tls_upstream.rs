@@ -341,3 +341,40 @@ async fn a_64mb_value_and_a_10k_pipeline_cross_tls_on_both_sides() {
         "10k pipelined replies differ from the expected counts"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_policy_applies_through_tls_as_on_plain_tcp() {
+    let pki = Pki::new("policy");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let redis = TlsRedis::start(&pki, &server, "no");
+    let example = std::fs::read_to_string("config/example.yaml").expect("example policy");
+    let policy = &example[example.find("\npolicy:").expect("policy section") + 1..];
+    let yaml = format!("{}{policy}", tls_yaml(&[("ca_file", &pki.ca_file())]));
+    let proxy = common::proxy(&yaml, &redis.tls_url()).await;
+    let mut c = raw_proxy(&proxy).await;
+    let mut d = redis.redis.raw().await;
+
+    // TTL added by the namespace default, sensitive member stripped, unknown key refused.
+    assert_resp!(
+        c.call(&[
+            b"SET",
+            b"user_profile:42",
+            br#"{"name":"a","password":"p"}"#
+        ])
+        .await,
+        b"+OK\r\n"
+    );
+    assert_resp!(
+        d.call(&[b"GET", b"user_profile:42"]).await,
+        b"$12\r\n{\"name\":\"a\"}\r\n"
+    );
+    let ttl = d.ttl(b"user_profile:42").await;
+    assert!((3590..=3600).contains(&ttl), "ttl {ttl}");
+    let refused = c.call(&[b"SET", b"nowhere:1", b"v"]).await;
+    assert!(refused.starts_with(b"-"), "{}", show(&refused));
+    assert_eq!(d.call(&[b"EXISTS", b"nowhere:1"]).await, b":0\r\n");
+
+    let m = metrics_text(&proxy).await;
+    let added = common::metric_sum(&m, "respguard_ttl_enforced_total", &[("action", "added")]);
+    assert_eq!(added, Some(1.0), "{m}");
+}
