@@ -1,6 +1,7 @@
 //! Certificate rotation without a restart: when the listener's certificate file changes,
 //! new handshakes present the new certificate while connections made before keep working;
-//! a broken replacement leaves the certificate in force and is counted.
+//! a broken replacement leaves the certificate in force and is counted. A replaced upstream
+//! CA file is trusted by the next upstream connection.
 
 #[macro_use]
 mod common;
@@ -71,4 +72,32 @@ async fn new_handshakes_present_a_rotated_certificate_and_old_connections_contin
     assert!(counted, "the broken file was not counted");
     assert_eq!(presented(addr, &pki).await, second);
     assert_resp!(call_on(&mut old, &[b"PING"]).await.unwrap(), b"+PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_upstream_ca_file_is_used_for_new_upstream_connections() {
+    let pki = Pki::new("upstream-rotate");
+    let stranger = Pki::new("upstream-stranger");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let redis = common::TlsRedis::start(&pki, &server, "no");
+    let ca = pki.dir.join("trusted.pem");
+    std::fs::copy(stranger.ca_file(), &ca).expect("copy");
+    let yaml = format!("upstream:\n  tls:\n    ca_file: {}\n", ca.display());
+    let proxy = common::proxy(&yaml, &redis.tls_url()).await;
+    let mut c = common::raw_proxy(&proxy).await;
+    let reply = c.call(&[b"PING"]).await;
+    assert!(
+        String::from_utf8_lossy(&reply).contains("unknown authority"),
+        "{}",
+        common::show(&reply)
+    );
+
+    std::fs::copy(pki.ca_file(), &ca).expect("copy");
+    let reloaded = common::eventually(Duration::from_secs(10), || async {
+        reloads(&proxy, "ok").await >= 1.0
+    })
+    .await;
+    assert!(reloaded);
+    let mut c = common::raw_proxy(&proxy).await;
+    assert_resp!(c.call(&[b"PING"]).await, b"+PONG\r\n");
 }
