@@ -127,6 +127,26 @@ struct RawConfig {
     shutdown_grace: Option<Spanned<String>>,
     workers: Option<Spanned<u64>>,
     policy: Option<RawPolicy>,
+    unix_socket: Option<RawUnixSocket>,
+    tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUnixSocket {
+    path: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    listen: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_auth: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -137,6 +157,16 @@ struct RawUpstream {
     connect_timeout: Option<Spanned<String>>,
     read_timeout: Option<Spanned<String>>,
     shared_connections: Option<Spanned<u64>>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -201,11 +231,24 @@ pub struct UpstreamConfig {
     /// Upstream connections shared by clients without connection state; 0 gives every
     /// client its own from the start.
     pub shared_connections: usize,
+    /// Set for `rediss://` URLs.
+    pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+/// A Unix socket listener for clients on the same host (a pod's shared volume).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    /// File mode of the socket, e.g. 0o660.
+    pub mode: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub unix_socket: Option<UnixListen>,
+    /// A TLS listener, next to the plain one.
+    pub tls: Option<crate::tls::ListenerTls>,
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
@@ -365,10 +408,7 @@ pub fn parse_upstream_url(
         )
     })?;
     match scheme {
-        "redis" => {}
-        "rediss" => {
-            return Err("rediss:// (TLS) is not supported yet: use redis:// or unix://".into())
-        }
+        "redis" | "rediss" => {}
         "unix" | "redis+unix" => {
             let path = rest.split('?').next().unwrap_or(rest);
             if path.is_empty() || !path.starts_with('/') {
@@ -380,7 +420,7 @@ pub fn parse_upstream_url(
         }
         other => {
             return Err(format!(
-                "unsupported URL scheme {other:?} (use redis:// or unix://)"
+                "unsupported URL scheme {other:?} (use redis://, rediss:// or unix://)"
             ))
         }
     }
@@ -432,6 +472,11 @@ pub fn parse_upstream_url(
     Ok((UpstreamAddr::Tcp { host, port }, user, pass, db))
 }
 
+/// Whether the URL asks for TLS (`rediss://`).
+pub fn url_is_tls(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(s, _)| s == "rediss")
+}
+
 /// The URL with any password replaced, for error messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -468,6 +513,189 @@ fn percent_decode(s: &str) -> String {
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("{s:?} is not an address (expected host:port, like 0.0.0.0:6380)"))
+}
+
+/// The first line any of the section's fields is on, for problems about the section.
+fn section_line(fields: &[&Option<Spanned<String>>]) -> Option<u64> {
+    fields
+        .iter()
+        .find_map(|f| f.as_ref().map(|v| v.referenced.line()))
+}
+
+/// Builds the upstream's TLS material; problems name the file's field.
+fn upstream_tls(
+    raw: Option<&RawUpstreamTls>,
+    wanted: bool,
+    addr: Option<&UpstreamAddr>,
+    url_line: Option<u64>,
+    p: &mut Problems<'_>,
+) -> Option<crate::tls::UpstreamTls> {
+    use crate::tls::{TlsField, TlsFiles, UpstreamTls};
+    let empty = RawUpstreamTls::default();
+    let t = raw.unwrap_or(&empty);
+    let all = [&t.ca_file, &t.cert_file, &t.key_file, &t.server_name];
+    if !wanted {
+        if raw.is_some() {
+            p.add(
+                section_line(&all),
+                "upstream.tls",
+                "set, but upstream.url is not rediss://: use rediss:// to connect with TLS",
+            );
+        }
+        return None;
+    }
+    let host = match addr? {
+        UpstreamAddr::Tcp { host, .. } => host.clone(),
+        UpstreamAddr::Unix(_) => return None,
+    };
+    let name = match &t.server_name {
+        Some(v) => match crate::tls::server_name(&v.value) {
+            Ok(n) => n,
+            Err(e) => {
+                p.at(v, "upstream.tls.server_name", e);
+                return None;
+            }
+        },
+        None => match crate::tls::server_name(&host) {
+            Ok(n) => n,
+            Err(e) => {
+                p.add(url_line, "upstream.url", e);
+                return None;
+            }
+        },
+    };
+    let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| PathBuf::from(&v.value));
+    let files = TlsFiles {
+        ca_file: path(&t.ca_file),
+        cert_file: path(&t.cert_file),
+        key_file: path(&t.key_file),
+    };
+    match UpstreamTls::new(files, name) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            let (field, v) = match e.field {
+                TlsField::Ca => ("upstream.tls.ca_file", &t.ca_file),
+                TlsField::Cert => ("upstream.tls.cert_file", &t.cert_file),
+                TlsField::Key => ("upstream.tls.key_file", &t.key_file),
+            };
+            let line = v
+                .as_ref()
+                .map(|v| v.referenced.line())
+                .or(section_line(&all))
+                .or(url_line);
+            p.add(line, field, e.message);
+            None
+        }
+    }
+}
+
+fn unix_listen(raw: &RawUnixSocket, p: &mut Problems<'_>) -> Option<UnixListen> {
+    let Some(path) = &raw.path else {
+        p.add(
+            section_line(&[&raw.mode]),
+            "unix_socket.path",
+            "missing: the socket's absolute path, e.g. /run/respguard/redis.sock",
+        );
+        return None;
+    };
+    let text = path.value.strip_prefix("unix://").unwrap_or(&path.value);
+    if !text.starts_with('/') {
+        p.at(path, "unix_socket.path", "must be an absolute path");
+        return None;
+    }
+    let mode = match &raw.mode {
+        None => 0o660,
+        Some(m) => match u32::from_str_radix(m.value.trim(), 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                p.at(
+                    m,
+                    "unix_socket.mode",
+                    format!("{:?} is not a file mode (octal, quoted: \"0660\")", m.value),
+                );
+                return None;
+            }
+        },
+    };
+    Some(UnixListen {
+        path: PathBuf::from(text),
+        mode,
+    })
+}
+
+fn listener_tls(raw: &RawListenerTls, p: &mut Problems<'_>) -> Option<crate::tls::ListenerTls> {
+    use crate::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
+    let all = [
+        &raw.listen,
+        &raw.cert_file,
+        &raw.key_file,
+        &raw.ca_file,
+        &raw.client_auth,
+        &raw.handshake_timeout,
+    ];
+    let listen = match &raw.listen {
+        None => {
+            p.add(
+                section_line(&all),
+                "tls.listen",
+                "missing: the address for TLS clients, e.g. 0.0.0.0:6390",
+            );
+            None
+        }
+        Some(v) => parse_addr(&v.value)
+            .map_err(|e| p.at(v, "tls.listen", e))
+            .ok(),
+    };
+    let auth = match raw.client_auth.as_ref().map(|v| (v, v.value.as_str())) {
+        None | Some((_, "none")) => Some(ClientAuth::None),
+        Some((_, "optional")) => Some(ClientAuth::Optional),
+        Some((_, "required")) => Some(ClientAuth::Required),
+        Some((v, other)) => {
+            p.at(
+                v,
+                "tls.client_auth",
+                format!("{other:?}: use required, optional or none"),
+            );
+            None
+        }
+    };
+    let handshake_timeout = match &raw.handshake_timeout {
+        None => Duration::from_secs(5),
+        Some(v) => match parse_duration(&v.value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.at(v, "tls.handshake_timeout", "must be greater than zero");
+                return None;
+            }
+            Err(e) => {
+                p.at(v, "tls.handshake_timeout", e);
+                return None;
+            }
+        },
+    };
+    let (listen, auth) = (listen?, auth?);
+    let path = |v: &Option<Spanned<String>>| v.as_ref().map(|v| PathBuf::from(&v.value));
+    let files = TlsFiles {
+        ca_file: path(&raw.ca_file),
+        cert_file: path(&raw.cert_file),
+        key_file: path(&raw.key_file),
+    };
+    match ListenerTls::new(listen, files, auth, handshake_timeout) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let (field, v) = match e.field {
+                TlsField::Ca => ("tls.ca_file", &raw.ca_file),
+                TlsField::Cert => ("tls.cert_file", &raw.cert_file),
+                TlsField::Key => ("tls.key_file", &raw.key_file),
+            };
+            let line = v
+                .as_ref()
+                .map(|v| v.referenced.line())
+                .or(section_line(&all));
+            p.add(line, field, e.message);
+            None
+        }
+    }
 }
 
 fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigErrors> {
@@ -550,6 +778,13 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             None
         }
     };
+    let upstream_tls = upstream_tls(
+        up.tls.as_ref(),
+        url_is_tls(&url),
+        parsed_url.as_ref().map(|v| &v.0),
+        url_line,
+        &mut p,
+    );
     let mut file_password = None;
     if let Some(pf) = &up.password_file {
         match std::fs::read_to_string(&pf.value) {
@@ -703,6 +938,11 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
     let shared_connections = shared_connections.unwrap_or(workers.min(64));
 
     let policy = raw.policy.map(|rp| crate::policy::validate(rp, &mut p));
+    let unix_socket = raw
+        .unix_socket
+        .as_ref()
+        .and_then(|u| unix_listen(u, &mut p));
+    let tls = raw.tls.as_ref().and_then(|t| listener_tls(t, &mut p));
 
     let password = ov.upstream_password.clone().map(Secret).or(file_password);
 
@@ -718,6 +958,8 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
     };
     Ok(Config {
         listen,
+        unix_socket,
+        tls,
         admin,
         upstream: UpstreamConfig {
             addr,
@@ -727,6 +969,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             connect_timeout,
             read_timeout,
             shared_connections,
+            tls: upstream_tls,
         },
         limits,
         max_clients,
@@ -786,11 +1029,15 @@ mod tests {
         assert_eq!(db, 0);
         let (a, ..) = parse_upstream_url("unix:///run/redis.sock").unwrap();
         assert_eq!(a, UpstreamAddr::Unix("/run/redis.sock".into()));
-        let e = parse_upstream_url("rediss://h:1").unwrap_err();
-        assert!(
-            e.contains("TLS not supported") || e.contains("not supported yet"),
-            "{e}"
+        let (a, ..) = parse_upstream_url("rediss://h:1").unwrap();
+        assert_eq!(
+            a,
+            UpstreamAddr::Tcp {
+                host: "h".into(),
+                port: 1
+            }
         );
+        assert!(url_is_tls("rediss://h:1") && !url_is_tls("redis://h:1"));
         assert!(parse_upstream_url("redis://h:notaport").is_err());
         assert!(parse_upstream_url("http://h:1").is_err());
         assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
@@ -798,7 +1045,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_listed_with_its_line() {
-        let text = "listen: nowhere\nadmin: 127.0.0.1:9090\nupstream:\n  url: rediss://x:1\n  connect_timeout: 5 parsecs\nlimits:\n  max_bulk_len: huge\n";
+        let text = "listen: nowhere\nadmin: 127.0.0.1:9090\nupstream:\n  url: redis://x:99999\n  connect_timeout: 5 parsecs\nlimits:\n  max_bulk_len: huge\n";
         let err = Config::parse(text, "bad.yaml", &Overrides::default()).unwrap_err();
         let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
         assert!(lines.contains(&(Some(1), "listen")), "{err}");

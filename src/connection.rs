@@ -21,8 +21,6 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::codec::{self, Argv, Limits, ReplyFrame, ReplyScanner, Request, Span};
@@ -33,6 +31,7 @@ use crate::multiplex::{self, Job, ReplyRx, ReplyTx, SharedReply};
 use crate::policy::{
     FieldLabelId, NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED,
 };
+use crate::transport::{ClientStream, ClientWrite};
 use crate::upstream::{
     handshake_commands, handshake_len, UpRead, UpWrite, Upstream, UpstreamError,
 };
@@ -441,11 +440,11 @@ struct Mux {
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
 pub async fn serve(
-    client: TcpStream,
+    client: ClientStream,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<crate::listener::ShutdownPhase>,
 ) {
-    let _ = client.set_nodelay(true);
+    let _ = client.set_nodelay();
     let cfg = shared.config();
     let limits = cfg.limits;
     let mut conn = Conn {
@@ -597,7 +596,7 @@ fn reserve_for_read(buf: &mut BytesMut) {
 impl Conn {
     async fn run(
         &mut self,
-        client: TcpStream,
+        client: ClientStream,
         up: &mut Up,
         shutdown: &mut watch::Receiver<crate::listener::ShutdownPhase>,
         read_timeout: Duration,
@@ -786,7 +785,7 @@ impl Conn {
 
     /// Sends what the last client batch produced: as a job on the shared connection, or on
     /// the dedicated one (connecting it first if needed).
-    async fn send_batch(&mut self, up: &mut Up, cwr: &OwnedWriteHalf) -> Result<(), ConnError> {
+    async fn send_batch(&mut self, up: &mut Up, cwr: &ClientWrite) -> Result<(), ConnError> {
         if let Some(m) = self.mux.as_ref() {
             if !self.uout.is_empty() {
                 let first_new = self.pending.len() - self.batch_len();
@@ -2038,7 +2037,7 @@ fn flush_upstream(up: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
     write_now(out, |b| up.try_write(b))
 }
 
-fn flush_client(client: &OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
+fn flush_client(client: &ClientWrite, out: &mut BytesMut) -> io::Result<()> {
     write_now(out, |b| client.try_write(b))
 }
 

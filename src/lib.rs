@@ -2,6 +2,7 @@
 //!
 //! Modules in the order a command flows through them:
 //!
+//! - [`transport`]: the client's stream, TCP or Unix (a Unix listener or a TLS bridge).
 //! - [`listener`]: accepts clients, enforces the client limit, drains on shutdown; [`Proxy`]
 //!   is the handle to a running proxy.
 //! - [`connection`]: one task per client; batches reads and writes, pairs replies with
@@ -13,6 +14,8 @@
 //! - [`multiplex`]: shared upstream connections for clients without connection state, and the
 //!   rule for when a client is pinned to its own.
 //! - [`upstream`]: connecting to Redis (TCP or Unix socket) and the proxy's handshake.
+//! - [`tls`]: certificate material, handshakes with named causes, and the bridge that gives
+//!   the session a plain stream for a TLS connection.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
@@ -33,6 +36,8 @@ pub mod multiplex;
 pub mod policy;
 pub mod reload;
 pub mod stats;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 pub use config::Config;

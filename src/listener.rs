@@ -2,13 +2,15 @@
 //! client, and drains them on shutdown. [`Proxy`] is the running proxy's handle, used by
 //! `main` and by the integration tests alike.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -17,6 +19,11 @@ use crate::config::Config;
 use crate::metrics::{Metrics, NsTable};
 use crate::multiplex::Pool;
 use crate::policy::Policy;
+use crate::transport::ClientStream;
+
+/// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
+/// handshake), with a description of where it came from for the log.
+type Incoming = (ClientStream, String);
 
 /// Where the proxy is in its life; connections watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,14 +94,29 @@ impl Shared {
     /// restart keep their old values; the policy switches for commands read from now on.
     pub fn install(&self, new: Config) {
         let old = self.config();
-        if new.listen != old.listen || new.admin != old.admin || new.upstream != old.upstream {
-            tracing::warn!("listen, admin and upstream changes take effect only after a restart");
+        if new.listen != old.listen
+            || new.admin != old.admin
+            || new.upstream != old.upstream
+            || new.unix_socket != old.unix_socket
+            || new
+                .tls
+                .as_ref()
+                .map(|t| (t.listen, &t.files, t.client_auth))
+                != old
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.listen, &t.files, t.client_auth))
+        {
+            tracing::warn!("listen, unix_socket, tls, admin and upstream changes take effect only after a restart");
         }
         let policy = new.policy.clone();
         let mut merged = new;
         merged.listen = old.listen;
         merged.admin = old.admin;
         merged.upstream = old.upstream.clone();
+        // The TLS material in force is replaced only by the certificate watcher.
+        merged.unix_socket = old.unix_socket.clone();
+        merged.tls = old.tls.clone();
         match self.config.write() {
             Ok(mut g) => *g = Arc::new(merged),
             Err(p) => *p.into_inner() = Arc::new(merged),
@@ -171,6 +193,10 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener>
 pub struct Proxy {
     pub local_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The TLS listener's address, if one is configured.
+    pub tls_addr: Option<SocketAddr>,
+    /// The Unix socket's path, if one is configured.
+    pub unix_path: Option<PathBuf>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<ShutdownPhase>,
     task: JoinHandle<()>,
@@ -186,6 +212,16 @@ impl Proxy {
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let unix = match &config.unix_socket {
+            Some(u) => Some((bind_unix(&u.path, u.mode)?, u.path.clone())),
+            None => None,
+        };
+        let unix_path = unix.as_ref().map(|(_, p)| p.clone());
+        let tls = match &config.tls {
+            Some(t) => Some((TcpListener::bind(t.listen).await?, t.clone())),
+            None => None,
+        };
+        let tls_addr = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let shared_conns = config.upstream.shared_connections;
         let requested = config.max_clients;
         let shared = Arc::new(Shared::new(config));
@@ -209,14 +245,35 @@ impl Proxy {
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));
         }
         let (shutdown, rx) = watch::channel(ShutdownPhase::Running);
+        tokio::spawn(crate::tls::watch(
+            Arc::downgrade(&shared),
+            Duration::from_secs(2),
+        ));
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve(l, shared.clone(), rx.clone()));
         }
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
-        tracing::info!(%local_addr, admin = ?admin_addr, "respguard listening");
+        // Other listeners hand their clients to the accept loop, which admits them all alike.
+        let (incoming_tx, incoming) = mpsc::channel::<Incoming>(64);
+        if let Some((l, path)) = unix {
+            tokio::spawn(accept_unix(l, path, incoming_tx.clone(), rx.clone()));
+        }
+        if let Some((l, t)) = tls {
+            tokio::spawn(accept_tls(
+                l,
+                t,
+                shared.clone(),
+                incoming_tx.clone(),
+                rx.clone(),
+            ));
+        }
+        drop(incoming_tx);
+        let task = tokio::spawn(accept_loop(listener, incoming, shared.clone(), rx));
+        tracing::info!(%local_addr, admin = ?admin_addr, tls = ?tls_addr, unix = ?unix_path, "respguard listening");
         Ok(Proxy {
             local_addr,
             admin_addr,
+            tls_addr,
+            unix_path,
             shared,
             shutdown,
             task,
@@ -243,8 +300,86 @@ impl Proxy {
     }
 }
 
+/// Binds a Unix socket at `path` with file mode `mode`, replacing a socket left by an
+/// earlier run (a stale socket file makes `bind` fail, and nothing listens on it).
+fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    path: PathBuf,
+    to: mpsc::Sender<Incoming>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()))).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the Unix socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Accepts TLS clients; each handshake runs in a task of its own, bounded by the handshake
+/// timeout, so a slow or failing client never holds up another.
+async fn accept_tls(
+    listener: TcpListener,
+    tls: crate::tls::ListenerTls,
+    shared: Arc<Shared>,
+    to: mpsc::Sender<Incoming>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
+) {
+    let tls = Arc::new(tls);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    let (tls, shared, to) = (tls.clone(), shared.clone(), to.clone());
+                    tokio::spawn(async move {
+                        match tls.accept(s).await {
+                            Ok(u) => {
+                                let _ = to.send((ClientStream::Unix(u), format!("tls:{peer}"))).await;
+                            }
+                            Err(f) => {
+                                shared.metrics.client_tls_failure(f.reason);
+                                tracing::info!(%peer, reason = f.reason, detail = %f.detail, "client TLS handshake failed");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the TLS listener failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    mut incoming: mpsc::Receiver<Incoming>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) {
@@ -263,17 +398,19 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => admit(stream, peer, &shared, &shutdown, &done_tx),
+                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, &shared, &shutdown, &done_tx),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some((stream, peer)) = incoming.recv() => admit(stream, peer, &shared, &shutdown, &done_tx),
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
+    drop(incoming);
     drop(done_tx);
     tracing::info!(
         clients = shared.client_count(),
@@ -284,8 +421,8 @@ async fn accept_loop(
 }
 
 fn admit(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: ClientStream,
+    peer: impl fmt::Display,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
@@ -295,7 +432,7 @@ fn admit(
     if n >= max {
         shared.clients.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.connections_refused.increment(1);
-        tracing::debug!(%peer, "max clients reached");
+        tracing::debug!(peer = %peer, "max clients reached");
         tokio::spawn(async move {
             let _ = stream
                 .write_all(b"-ERR max number of clients reached\r\n")

@@ -72,6 +72,14 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "Upstream failures by kind.",
     ),
     (
+        "respguard_client_tls_failures_total",
+        "Client TLS handshakes that failed, by reason (no_certificate, bad_certificate, not_tls, alert, protocol, timeout, io).",
+    ),
+    (
+        "respguard_tls_reloads_total",
+        "TLS certificate reloads by result (ok, error).",
+    ),
+    (
         "respguard_config_reloads_total",
         "Configuration reloads by result (ok, error).",
     ),
@@ -494,11 +502,38 @@ impl Metrics {
         }
     }
 
+    /// A client's TLS handshake failed; rare enough to register the series on use.
+    pub fn client_tls_failure(&self, reason: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "respguard_client_tls_failures_total",
+                    vec![Label::new("reason", reason)],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
+    /// A reload of TLS certificate files was applied or refused.
+    pub fn tls_reload(&self, ok: bool) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "respguard_tls_reloads_total",
+                    vec![Label::new("result", if ok { "ok" } else { "error" })],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
     pub fn upstream_error(&self, kind: &'static str) {
         let list = self.upstream_errors.get_or_init(|| {
             [
                 "connect",
                 "connect_timeout",
+                "tls",
                 "handshake",
                 "io",
                 "protocol",

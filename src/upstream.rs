@@ -3,8 +3,9 @@
 //! Connections are never shared between clients, so per-connection Redis state (`SELECT`,
 //! `AUTH`, `CLIENT SETNAME`, `MULTI`, subscriptions, blocking commands) behaves exactly as it
 //! does against Redis directly. This module owns connecting (TCP or Unix socket, with the
-//! configured timeout) and the proxy's own handshake (`AUTH`, `SELECT`) before any client byte
-//! is forwarded.
+//! configured timeout), TLS when the URL is `rediss://` (see [`crate::tls`]: a TLS connection
+//! reaches the session as the plain end of a bridge, so nothing past this module knows), and
+//! the proxy's own handshake (`AUTH`, `SELECT`) before any client byte is forwarded.
 
 use std::io;
 
@@ -68,6 +69,8 @@ pub enum UpstreamError {
     Connect { addr: String, source: io::Error },
     #[error("upstream {addr} unavailable: connect timed out after {ms} ms")]
     ConnectTimeout { addr: String, ms: u128 },
+    #[error("upstream {addr} unavailable: TLS: {cause}")]
+    Tls { addr: String, cause: String },
     #[error("upstream {addr} refused the proxy's handshake: {reply}")]
     Handshake { addr: String, reply: String },
     #[error("upstream connection lost: {0}")]
@@ -86,6 +89,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Tls { .. } => "tls",
             UpstreamError::Handshake { .. } => "handshake",
             UpstreamError::Io(_) => "io",
             UpstreamError::Protocol(_) => "protocol",
@@ -149,6 +153,7 @@ impl Upstream {
     /// Connects and runs the proxy's handshake.
     pub async fn connect(cfg: &UpstreamConfig, limits: &Limits) -> Result<Upstream, UpstreamError> {
         let addr = cfg.addr.to_string();
+        let started = tokio::time::Instant::now();
         let connecting = async {
             match &cfg.addr {
                 UpstreamAddr::Tcp { host, port } => {
@@ -169,6 +174,17 @@ impl Upstream {
             }
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(up)) => up,
+        };
+        let up = match (up, &cfg.tls) {
+            (Upstream::Tcp(s), Some(tls)) => {
+                // One budget for TCP and TLS together: connect_timeout is what a client waits.
+                let left = cfg.connect_timeout.saturating_sub(started.elapsed());
+                match tls.connect(s, left).await {
+                    Ok(u) => Upstream::Unix(u),
+                    Err(cause) => return Err(UpstreamError::Tls { addr, cause }),
+                }
+            }
+            (up, _) => up,
         };
         let hs = handshake_commands(cfg);
         if !hs.is_empty() {

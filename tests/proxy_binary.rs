@@ -47,7 +47,7 @@ fn check_config_lists_every_problem_with_its_line() {
         "listen: nowhere\n\
          admin: 127.0.0.1:9090\n\
          upstream:\n  \
-           url: rediss://x:1\n  \
+           url: redis://x:99999\n  \
            connect_timeout: 5 parsecs\n\
          limits:\n  \
            max_bulk_len: huge\n  \

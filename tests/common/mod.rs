@@ -10,6 +10,7 @@
 //! - [`prom`]: the admin port over HTTP, metric values from `/metrics`.
 //! - [`inproc`]: `respguard::Proxy` started in this process, [`PolicyEnv`].
 //! - [`binary`]: the `respguard` binary as a child ([`Respguard`]).
+//! - [`tls`]: test certificates ([`Pki`]) and a Redis with a TLS port ([`TlsRedis`]).
 //!
 //! Everything is re-exported here, so tests name it `common::X`.
 #![allow(dead_code, unused_imports)]
@@ -22,6 +23,7 @@ pub mod prom;
 pub mod raw;
 pub mod resp;
 pub mod servers;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ pub use prom::*;
 pub use raw::*;
 pub use resp::*;
 pub use servers::*;
+pub use tls::*;
 
 /// Polls `f` every 10 ms until it is true or `timeout` passes; returns the last answer.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
