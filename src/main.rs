@@ -24,7 +24,8 @@ USAGE:
 OPTIONS:
     --config FILE         YAML configuration (see config/example.yaml)
     --listen ADDR         address for clients, e.g. 0.0.0.0:6380 (env RESPGUARD_LISTEN)
-    --upstream URL        redis://[user[:password]@]host:port[/db] or unix:///path.sock
+    --upstream URL        redis://[user[:password]@]host:port[/db], rediss://... (TLS),
+                          or unix:///path.sock
                           (env RESPGUARD_UPSTREAM)
     --admin ADDR          HTTP address for /healthz, /readyz, /metrics (env RESPGUARD_ADMIN)
     --check-config FILE   validate FILE; exit 0 if valid, 64 listing every problem if not
