@@ -259,40 +259,11 @@ impl Upstream {
         n: usize,
         limits: &Limits,
     ) -> Result<Option<String>, UpstreamError> {
-        let mut off = 0;
-        while off < req.len() {
-            self.writable().await?;
-            match self.try_write(&req[off..]) {
-                Ok(k) => off += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut buf = BytesMut::with_capacity(256);
-        let mut scanner = ReplyScanner::new();
-        let mut first_err = None;
-        let mut got = 0;
-        while got < n {
-            if let Some(f) = scanner.scan(&buf, limits)? {
-                if f.kind == b'-' && first_err.is_none() {
-                    let text =
-                        String::from_utf8_lossy(&buf[1..f.len.saturating_sub(2)]).into_owned();
-                    first_err = Some(text);
-                }
-                let _ = buf.split_to(f.len);
-                got += 1;
-                continue;
-            }
-            self.readable().await?;
-            buf.reserve(4096);
-            match self.try_read_buf(&mut buf) {
-                Ok(0) => return Err(UpstreamError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(first_err)
+        let replies = self.call(req, n, limits).await?;
+        Ok(replies
+            .iter()
+            .find(|r| r.first() == Some(&b'-'))
+            .map(|r| String::from_utf8_lossy(&r[1..r.len().saturating_sub(2)]).into_owned()))
     }
 }
 
