@@ -39,23 +39,41 @@ pub fn reload_now(shared: &Shared, path: &Path, overrides: &Overrides) -> Reload
     }
 }
 
-/// Watches for SIGHUP and for content changes of `path` (polled every `every`).
-pub async fn watch(shared: Arc<Shared>, path: PathBuf, overrides: Overrides, every: Duration) {
-    let mut last = std::fs::read(&path).ok();
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let by_signal = tokio::select! {
-            _ = tick.tick() => false,
+/// When to look at watched files again: on SIGHUP, or every `every` to poll their content.
+pub struct Trigger {
+    hup: Option<tokio::signal::unix::Signal>,
+    tick: tokio::time::Interval,
+}
+
+impl Trigger {
+    pub fn new(every: Duration) -> Trigger {
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Trigger { hup, tick }
+    }
+
+    /// Waits for the next look; true when SIGHUP asked for it.
+    pub async fn next(&mut self) -> bool {
+        let hup = &mut self.hup;
+        tokio::select! {
+            _ = self.tick.tick() => false,
             _ = async {
                 match hup.as_mut() {
                     Some(h) => { h.recv().await; }
                     None => std::future::pending::<()>().await,
                 }
             } => true,
-        };
+        }
+    }
+}
+
+/// Watches for SIGHUP and for content changes of `path` (polled every `every`).
+pub async fn watch(shared: Arc<Shared>, path: PathBuf, overrides: Overrides, every: Duration) {
+    let mut last = std::fs::read(&path).ok();
+    let mut trigger = Trigger::new(every);
+    loop {
+        let by_signal = trigger.next().await;
         let now = std::fs::read(&path).ok();
         if by_signal || (now.is_some() && now != last) {
             if by_signal {

@@ -537,19 +537,9 @@ pub async fn watch(shared: std::sync::Weak<crate::listener::Shared>, every: Dura
         return;
     }
     drop(first);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trigger = crate::reload::Trigger::new(every);
     loop {
-        let by_signal = tokio::select! {
-            _ = tick.tick() => false,
-            _ = async {
-                match hup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => true,
-        };
+        let by_signal = trigger.next().await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
