@@ -46,6 +46,9 @@ mod record;
 mod traits;
 mod transaction;
 
+#[cfg(test)]
+mod tests;
+
 pub use driver::serve;
 use modes::ReplyMode;
 use record::{Actions, Run, SensitiveFinding};
