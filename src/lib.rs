@@ -19,6 +19,7 @@
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
+//! - [`diag`]: configuration problems with file, line and field; durations and sizes.
 //! - [`reload`]: applying a changed configuration without a restart.
 //! - [`stats`]: `respguard stats`, the terminal view of a running proxy's metrics.
 //! - [`audit`]: `respguard audit`, an existing Redis measured against the policy.
@@ -30,6 +31,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod diag;
 pub mod listener;
 pub mod metrics;
 pub mod multiplex;

@@ -38,7 +38,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use crate::config::{parse_duration, Problems};
+use crate::diag::{parse_duration, Problems};
 
 use super::commands::{CommandRules, Scripts};
 use super::pattern::{self, Builder, CompileError};

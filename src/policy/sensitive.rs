@@ -75,7 +75,7 @@ use serde_saphyr::Spanned;
 
 use super::json::{self, Leaf, Visitor};
 use crate::codec::Argv;
-use crate::config::Problems;
+use crate::diag::Problems;
 
 /// Index into [`SensitiveRules::field_names`].
 pub type FieldId = u16;
