@@ -630,6 +630,7 @@ impl Conn {
             if (self.closing || client_eof || draining)
                 && self.pending.is_empty()
                 && self.cout.is_empty()
+                && !cwr.has_pending_output()
             {
                 // Everything owed was delivered (a half-closed client still gets its replies).
                 return Ok(());
@@ -647,8 +648,12 @@ impl Conn {
                                 MAX_PENDING
                             }));
             let read_up = up.rd.is_some() && self.cout.len() < HIGH_WATER;
-            let write_up = up.wr.is_some() && !self.uout.is_empty();
-            let write_client = !self.cout.is_empty();
+            // A TLS stream may hold sealed records after a write: they need writability too.
+            let write_up = up
+                .wr
+                .as_ref()
+                .is_some_and(|w| !self.uout.is_empty() || w.has_pending_output());
+            let write_client = !self.cout.is_empty() || cwr.has_pending_output();
             let deadline = self.read_deadline(read_timeout, up.connected() || self.mux.is_some());
             let client_deadline = if read_client {
                 self.client_deadline()

@@ -2,7 +2,7 @@
 //!
 //! Modules in the order a command flows through them:
 //!
-//! - [`transport`]: the client's stream, TCP or Unix (a Unix listener or a TLS bridge).
+//! - [`transport`]: the client's stream: TCP, Unix socket or TLS.
 //! - [`listener`]: accepts clients, enforces the client limit, drains on shutdown; [`Proxy`]
 //!   is the handle to a running proxy.
 //! - [`connection`]: one task per client; batches reads and writes, pairs replies with
@@ -14,8 +14,8 @@
 //! - [`multiplex`]: shared upstream connections for clients without connection state, and the
 //!   rule for when a client is pinned to its own.
 //! - [`upstream`]: connecting to Redis (TCP or Unix socket) and the proxy's handshake.
-//! - [`tls`]: certificate material, handshakes with named causes, and the bridge that gives
-//!   the session a plain stream for a TLS connection.
+//! - [`tls`]: certificate material, handshakes with named causes, and the TLS stream the
+//!   session reads and writes by readiness like a socket.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.

@@ -3,9 +3,9 @@
 //! Connections are never shared between clients, so per-connection Redis state (`SELECT`,
 //! `AUTH`, `CLIENT SETNAME`, `MULTI`, subscriptions, blocking commands) behaves exactly as it
 //! does against Redis directly. This module owns connecting (TCP or Unix socket, with the
-//! configured timeout), TLS when the URL is `rediss://` (see [`crate::tls`]: a TLS connection
-//! reaches the session as the plain end of a bridge, so nothing past this module knows), and
-//! the proxy's own handshake (`AUTH`, `SELECT`) before any client byte is forwarded.
+//! configured timeout), TLS when the URL is `rediss://` (see [`crate::tls`]: a TLS stream is
+//! read and written by readiness like a socket, so nothing past this module knows), and the
+//! proxy's own handshake (`AUTH`, `SELECT`) before any client byte is forwarded.
 
 use std::io;
 
@@ -14,12 +14,14 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::codec::{encode_command, Limits, ReplyScanner};
 use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// Reading half of a connected upstream.
 #[derive(Debug)]
 pub enum UpRead {
     Tcp(tokio::net::tcp::OwnedReadHalf),
     Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(TlsRead),
 }
 
 /// Writing half of a connected upstream.
@@ -27,6 +29,7 @@ pub enum UpRead {
 pub enum UpWrite {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     Unix(tokio::net::unix::OwnedWriteHalf),
+    Tls(TlsWrite),
 }
 
 impl UpRead {
@@ -34,6 +37,7 @@ impl UpRead {
         match self {
             UpRead::Tcp(s) => s.readable().await,
             UpRead::Unix(s) => s.readable().await,
+            UpRead::Tls(s) => s.readable().await,
         }
     }
 
@@ -42,6 +46,7 @@ impl UpRead {
         match self {
             UpRead::Tcp(s) => crate::connection::read_now(s, buf),
             UpRead::Unix(s) => crate::connection::read_now(s, buf),
+            UpRead::Tls(s) => crate::connection::read_now(s, buf),
         }
     }
 }
@@ -51,6 +56,7 @@ impl UpWrite {
         match self {
             UpWrite::Tcp(s) => s.writable().await,
             UpWrite::Unix(s) => s.writable().await,
+            UpWrite::Tls(s) => s.writable().await,
         }
     }
 
@@ -58,6 +64,16 @@ impl UpWrite {
         match self {
             UpWrite::Tcp(s) => s.try_write(buf),
             UpWrite::Unix(s) => s.try_write(buf),
+            UpWrite::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    /// Bytes taken by `try_write` and not yet on the socket (sealed TLS records): the owner
+    /// keeps waiting for `writable()` while there are any.
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            UpWrite::Tcp(_) | UpWrite::Unix(_) => false,
+            UpWrite::Tls(s) => s.has_pending_output(),
         }
     }
 }
@@ -73,6 +89,7 @@ pub enum UpstreamError {
     Tls { addr: String, cause: String },
     #[error("upstream {addr} refused the proxy's handshake: {reply}")]
     Handshake { addr: String, reply: String },
+    /// Also a TLS failure of an established connection (see [`crate::tls::TlsError`]).
     #[error("upstream connection lost: {0}")]
     Io(#[from] io::Error),
     #[error("upstream sent an invalid reply: {0}")]
@@ -105,6 +122,7 @@ impl UpstreamError {
 pub enum Upstream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(TlsStream),
 }
 
 impl Upstream {
@@ -112,6 +130,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.readable().await,
             Upstream::Unix(s) => s.readable().await,
+            Upstream::Tls(s) => s.readable().await,
         }
     }
 
@@ -119,6 +138,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.writable().await,
             Upstream::Unix(s) => s.writable().await,
+            Upstream::Tls(s) => s.writable().await,
         }
     }
 
@@ -126,6 +146,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.try_read_buf(buf),
             Upstream::Unix(s) => s.try_read_buf(buf),
+            Upstream::Tls(s) => s.try_read_buf(buf),
         }
     }
 
@@ -133,6 +154,14 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.try_write(buf),
             Upstream::Unix(s) => s.try_write(buf),
+            Upstream::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    fn has_pending_output(&self) -> bool {
+        match self {
+            Upstream::Tcp(_) | Upstream::Unix(_) => false,
+            Upstream::Tls(s) => s.has_pending_output(),
         }
     }
 
@@ -146,6 +175,10 @@ impl Upstream {
             Upstream::Unix(s) => {
                 let (r, w) = s.into_split();
                 (UpRead::Unix(r), UpWrite::Unix(w))
+            }
+            Upstream::Tls(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Tls(r), UpWrite::Tls(w))
             }
         }
     }
@@ -180,7 +213,7 @@ impl Upstream {
                 // One budget for TCP and TLS together: connect_timeout is what a client waits.
                 let left = cfg.connect_timeout.saturating_sub(started.elapsed());
                 match tls.connect(s, left).await {
-                    Ok(u) => Upstream::Unix(u),
+                    Ok(u) => Upstream::Tls(u),
                     Err(cause) => return Err(UpstreamError::Tls { addr, cause }),
                 }
             }
@@ -231,6 +264,10 @@ impl Upstream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // A TLS stream may hold sealed records the socket did not take yet.
+        while self.has_pending_output() {
+            self.writable().await?;
         }
         let mut buf = BytesMut::with_capacity(256);
         let mut scanner = ReplyScanner::new();
