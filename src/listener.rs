@@ -22,8 +22,18 @@ use crate::policy::Policy;
 use crate::transport::ClientStream;
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
-/// handshake), with a description of where it came from for the log.
-type Incoming = (ClientStream, String);
+/// handshake), with a description of where it came from for the log, and its client slot if
+/// it took one before being handed over (a TLS client, for its handshake).
+type Incoming = (ClientStream, String, Option<Slot>);
+
+/// One client's place under `max_clients`, given back when dropped.
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Where the proxy is in its life; connections watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +161,17 @@ impl Shared {
 
     pub fn pool(&self) -> Option<&Pool> {
         self.pool.get()
+    }
+
+    /// Takes a client slot if `max_clients` leaves one.
+    fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max_clients();
+        let n = self.clients.fetch_add(1, Ordering::AcqRel);
+        if n >= max {
+            self.clients.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.clone()))
     }
 
     pub fn client_count(&self) -> usize {
@@ -324,7 +345,7 @@ async fn accept_unix(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
-                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()))).await.is_err() {
+                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()), None)).await.is_err() {
                         break;
                     }
                 }
@@ -341,7 +362,9 @@ async fn accept_unix(
 }
 
 /// Accepts TLS clients; each handshake runs in a task of its own, bounded by the handshake
-/// timeout, so a slow or failing client never holds up another.
+/// timeout, so a slow or failing client never holds up another. A handshake in progress
+/// holds a client slot: a flood of handshakes is bounded by `max_clients`, and a connection
+/// beyond it is closed before any handshake work (no reply can reach it before TLS).
 async fn accept_tls(
     listener: TcpListener,
     tls: crate::tls::ListenerTls,
@@ -354,11 +377,16 @@ async fn accept_tls(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
+                    let Some(slot) = shared.take_slot() else {
+                        shared.metrics.connections_refused.increment(1);
+                        tracing::debug!(%peer, "max clients reached; TLS connection closed");
+                        continue;
+                    };
                     let (tls, shared, to) = (tls.clone(), shared.clone(), to.clone());
                     tokio::spawn(async move {
                         match tls.accept(s).await {
                             Ok(u) => {
-                                let _ = to.send((ClientStream::Unix(u), format!("tls:{peer}"))).await;
+                                let _ = to.send((ClientStream::Tls(Box::new(u)), format!("tls:{peer}"), Some(slot))).await;
                             }
                             Err(f) => {
                                 shared.metrics.client_tls_failure(f.reason);
@@ -398,14 +426,14 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, &shared, &shutdown, &done_tx),
+                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, None, &shared, &shutdown, &done_tx),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some((stream, peer)) = incoming.recv() => admit(stream, peer, &shared, &shutdown, &done_tx),
+            Some((stream, peer, slot)) = incoming.recv() => admit(stream, peer, slot, &shared, &shutdown, &done_tx),
             _ = shutdown.changed() => break,
         }
     }
@@ -423,14 +451,12 @@ async fn accept_loop(
 fn admit(
     mut stream: ClientStream,
     peer: impl fmt::Display,
+    slot: Option<Slot>,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
 ) {
-    let max = shared.max_clients();
-    let n = shared.clients.fetch_add(1, Ordering::AcqRel);
-    if n >= max {
-        shared.clients.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = slot.or_else(|| shared.take_slot()) else {
         shared.metrics.connections_refused.increment(1);
         tracing::debug!(peer = %peer, "max clients reached");
         tokio::spawn(async move {
@@ -440,7 +466,7 @@ fn admit(
             let _ = stream.shutdown().await;
         });
         return;
-    }
+    };
     shared.metrics.connections_total.increment(1);
     shared.metrics.client_connections.increment(1.0);
     let shared = shared.clone();
@@ -448,7 +474,7 @@ fn admit(
     let done = done.clone();
     tokio::spawn(async move {
         crate::connection::serve(stream, shared.clone(), shutdown).await;
-        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         shared.metrics.client_connections.decrement(1.0);
         drop(done);
     });
