@@ -108,6 +108,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Tls { .. } => "tls",
             UpstreamError::Handshake { .. } => "handshake",
+            UpstreamError::Io(e) if crate::tls::is_tls_error(e) => "tls",
             UpstreamError::Io(_) => "io",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Closed => "closed",
