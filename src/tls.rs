@@ -413,6 +413,9 @@ struct Session {
     /// A TLS error found while decrypted bytes before it were still being handed out; the
     /// next read returns it.
     broken: Option<rustls::Error>,
+    /// This side sent `close_notify`: the session is over, reads return end of stream (rustls
+    /// must not be fed records after it).
+    ended: bool,
 }
 
 fn lock(s: &Mutex<Session>) -> MutexGuard<'_, Session> {
@@ -429,6 +432,7 @@ impl Session {
             plain: 0,
             closed: false,
             broken: None,
+            ended: false,
         };
         // The handshake may have read past its last message (a pipelined first command).
         s.absorb(false);
@@ -448,7 +452,7 @@ impl Session {
 
     /// Whether a read would return without the socket's help.
     fn read_ready(&self) -> bool {
-        self.plain > 0 || self.closed || self.broken.is_some()
+        self.plain > 0 || self.closed || self.broken.is_some() || self.ended
     }
 
     /// Fills `dst` with decrypted bytes, reading records from `src` while it has them.
@@ -478,7 +482,7 @@ impl Session {
                 }
                 return Err(io::Error::new(io::ErrorKind::InvalidData, TlsError(e)));
             }
-            if self.closed {
+            if self.closed || self.ended {
                 return Ok(true);
             }
             let eof = match self.conn.read_tls(src) {
@@ -715,6 +719,7 @@ impl Drop for TlsWrite {
     fn drop(&mut self) {
         let mut session = lock(&self.session);
         session.conn.send_close_notify();
+        session.ended = true;
         let _ = session.flush(&mut Sink(&self.io));
     }
 }
@@ -860,5 +865,146 @@ pub async fn watch(shared: std::sync::Weak<crate::listener::Shared>, every: Dura
             reload_now(&shared);
             last = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A client and a server TLS stream connected over loopback TCP.
+    async fn pair() -> (TlsStream, TlsStream) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (c, s) = tokio::join!(
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            },
+            async {
+                let (tcp, _) = l.accept().await.unwrap();
+                acceptor.accept(tcp).await.unwrap()
+            }
+        );
+        let (ct, cc) = c.into_inner();
+        (TlsStream::new(ct, cc.into()), TlsStream::from_accepted(s))
+    }
+
+    async fn write_all(s: &TlsStream, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            s.writable().await.unwrap();
+            match s.try_write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while s.has_pending_output() {
+            s.writable().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn decrypted_bytes_inside_rustls_make_the_stream_readable_without_the_socket() {
+        let (c, s) = pair().await;
+        write_all(&s, b"+first\r\n+second\r\n").await;
+        let (mut rd, _wr) = c.into_split();
+        rd.readable().await.unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(rd.read(&mut b).await.unwrap(), 8);
+        assert_eq!(&b, b"+first\r\n");
+        // The whole record left the socket with the first read; the rest is inside rustls.
+        tokio::time::timeout(Duration::from_millis(200), rd.readable())
+            .await
+            .expect("readable() waited on the socket for bytes rustls already holds")
+            .unwrap();
+        let mut rest = [0u8; 9];
+        rd.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"+second\r\n");
+    }
+
+    #[tokio::test]
+    async fn sealed_records_the_socket_did_not_take_go_out_on_writability() {
+        let (c, s) = pair().await;
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        // The peer reads nothing yet: write until the socket is full.
+        let mut taken = 0usize;
+        loop {
+            match c.try_write(&chunk) {
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            c.has_pending_output(),
+            "a refused write leaves sealed records"
+        );
+        let reader = tokio::spawn(async move {
+            let (mut rd, _wr) = s.into_split();
+            let mut got = vec![0u8; taken];
+            rd.read_exact(&mut got).await.unwrap();
+            got
+        });
+        while c.has_pending_output() {
+            tokio::time::timeout(Duration::from_secs(10), c.writable())
+                .await
+                .expect("pending records flushed")
+                .unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("every byte taken by try_write reaches the peer")
+            .unwrap();
+        assert!(got.chunks(chunk.len()).all(|c| c == &chunk[..c.len()]));
+    }
+
+    #[tokio::test]
+    async fn closing_sends_close_notify() {
+        let (c, s) = pair().await;
+        let (_crd, cwr) = c.into_split();
+        let (mut srd, _swr) = s.into_split();
+        drop(cwr);
+        let mut b = [0u8; 1];
+        assert_eq!(srd.read(&mut b).await.unwrap(), 0);
+        let st = lock(&srd.session).conn.process_new_packets().unwrap();
+        assert!(st.peer_has_closed(), "ended without close_notify");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_a_named_tls_error() {
+        let (c, s) = pair().await;
+        let (mut crd, _cwr) = c.into_split();
+        let (_srd, swr) = s.into_split();
+        // What the handshake left (session tickets) goes first.
+        while swr.has_pending_output() {
+            swr.writable().await.unwrap();
+        }
+        // Bytes that are not a record of this session.
+        swr.io.try_write(b"\x17\x03\x03\x00\x05hello").unwrap();
+        let mut b = [0u8; 1];
+        let e = crd.read(&mut b).await.unwrap_err();
+        assert!(is_tls_error(&e), "{e}");
+        assert!(e.to_string().starts_with("TLS: "), "{e}");
     }
 }
