@@ -1,5 +1,5 @@
 //! The client side's byte streams: TCP, a Unix socket, or TLS over TCP (see
-//! [`crate::tls::TlsStream`]). The session reads and writes them by readiness and never
+//! [`crate::net::tls::TlsStream`]). The session reads and writes them by readiness and never
 //! learns which one it has.
 
 use std::io;
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::tls::{Accepted, TlsRead, TlsStream, TlsWrite};
+use crate::net::tls::{Accepted, TlsRead, TlsStream, TlsWrite};
 
 /// An accepted client connection.
 #[derive(Debug)]

@@ -1,11 +1,9 @@
-//! The upstream side: one connection to Redis per client connection.
-//!
-//! Connections are never shared between clients, so per-connection Redis state (`SELECT`,
-//! `AUTH`, `CLIENT SETNAME`, `MULTI`, subscriptions, blocking commands) behaves exactly as it
-//! does against Redis directly. This module owns connecting (TCP or Unix socket, with the
-//! configured timeout), TLS when the URL is `rediss://` (see [`crate::tls`]: a TLS stream is
-//! read and written by readiness like a socket, so nothing past this module knows), and the
-//! proxy's own handshake (`AUTH`, `SELECT`) before any client byte is forwarded.
+//! Connecting to Redis: TCP or Unix socket with the configured timeout, TLS when the URL is
+//! `rediss://` (see [`crate::net::tls`]: a TLS stream is read and written by readiness like a
+//! socket, so nothing past this module knows), the proxy's own handshake (`AUTH`, `SELECT`)
+//! before any client byte is forwarded, and one-off calls (readiness `PING`, the audit's
+//! questions). The halves of a connected socket ([`UpRead`], [`UpWrite`]) are what the
+//! session's dedicated connection and the shared connections drive by readiness.
 
 use std::io;
 
@@ -14,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::codec::{encode_command, Limits, ReplyScanner};
 use crate::config::{UpstreamAddr, UpstreamConfig};
-use crate::tls::{TlsRead, TlsStream, TlsWrite};
+use crate::net::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// Reading half of a connected upstream.
 #[derive(Debug)]
@@ -44,9 +42,9 @@ impl UpRead {
     /// Reads what is available now without waiting; `Ok(None)` when nothing is.
     pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         match self {
-            UpRead::Tcp(s) => crate::connection::read_now(s, buf),
-            UpRead::Unix(s) => crate::connection::read_now(s, buf),
-            UpRead::Tls(s) => crate::connection::read_now(s, buf),
+            UpRead::Tcp(s) => crate::net::io::read_now(s, buf),
+            UpRead::Unix(s) => crate::net::io::read_now(s, buf),
+            UpRead::Tls(s) => crate::net::io::read_now(s, buf),
         }
     }
 }
@@ -89,7 +87,7 @@ pub enum UpstreamError {
     Tls { addr: String, cause: String },
     #[error("upstream {addr} refused the proxy's handshake: {reply}")]
     Handshake { addr: String, reply: String },
-    /// Also a TLS failure of an established connection (see [`crate::tls::TlsError`]).
+    /// Also a TLS failure of an established connection (see [`crate::net::tls::TlsError`]).
     #[error("upstream connection lost: {0}")]
     Io(#[from] io::Error),
     #[error("upstream sent an invalid reply: {0}")]
@@ -108,7 +106,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Tls { .. } => "tls",
             UpstreamError::Handshake { .. } => "handshake",
-            UpstreamError::Io(e) if crate::tls::is_tls_error(e) => "tls",
+            UpstreamError::Io(e) if crate::net::tls::is_tls_error(e) => "tls",
             UpstreamError::Io(_) => "io",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Closed => "closed",
@@ -117,7 +115,7 @@ impl UpstreamError {
     }
 }
 
-/// A connected upstream socket. Readiness-based I/O through `&self` lets the connection task
+/// A connected upstream socket. Readiness-based I/O through `&self` lets the session
 /// wait on reading and writing both sockets in one `select!` without splitting them.
 #[derive(Debug)]
 pub enum Upstream {
@@ -166,7 +164,7 @@ impl Upstream {
         }
     }
 
-    /// Splits into halves the connection task can wait on independently.
+    /// Splits into halves a session or shared connection can wait on independently.
     pub fn into_split(self) -> (UpRead, UpWrite) {
         match self {
             Upstream::Tcp(s) => {

@@ -1,4 +1,5 @@
-//! Multiplexed upstream connections for clients that have no connection state yet.
+//! The shared-connection pool: multiplexed upstream connections for clients that have no
+//! connection state yet.
 //!
 //! A client that has only sent stateless commands (reads, writes, scripts: nothing that
 //! selects a database, authenticates, subscribes, blocks, watches or names the connection)
@@ -8,8 +9,9 @@
 //! of a proxy's cost, and an idle client holds no upstream connection at all.
 //!
 //! The first command that depends on or changes connection state *pins* the client: it waits
-//! until its shared replies are in, gets a dedicated connection, and keeps it for good. See
-//! [`shareable`] for the rule.
+//! until its shared replies are in, gets a dedicated connection, and keeps it for good (see
+//! [`super::Link`]). The rule is the command traits' `shareable`
+//! ([`crate::command::traits::shareable`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,40 +21,9 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::connect::{UpRead, UpWrite, Upstream, UpstreamError};
+use super::Env;
 use crate::codec::ReplyScanner;
-use crate::command::{
-    CommandSpec, ACL_BLOCKING, ACL_CONNECTION, ACL_PUBSUB, ACL_TRANSACTION, CMD_BLOCKING,
-    CMD_NO_MULTI,
-};
-use crate::listener::Shared;
-use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
-
-/// Whether a command may run on a shared connection without the client noticing.
-///
-/// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
-/// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
-/// `WAIT` (it waits on the connection's own writes) and `DEBUG`. Unknown commands are never
-/// shared either (their effect cannot be known; see the connection's command traits).
-/// `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed. (`PING`
-/// behaves differently only in subscribe mode or RESP3, and both pin.)
-pub fn shareable(spec: &CommandSpec) -> bool {
-    match spec.name {
-        // Stateless despite their categories: clients ping on connect and as health checks.
-        "PUBLISH" | "SPUBLISH" | "PING" | "ECHO" => return true,
-        n if n.starts_with("PUBSUB") => return true,
-        "WAIT" | "WAITAOF" | "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" | "FAILOVER" => {
-            return false
-        }
-        n if n.starts_with("DEBUG") || n.starts_with("CLIENT") => return false,
-        _ => {}
-    }
-    !(spec.is(CMD_BLOCKING)
-        || spec.is(CMD_NO_MULTI)
-        || spec.in_category(ACL_CONNECTION)
-        || spec.in_category(ACL_TRANSACTION)
-        || spec.in_category(ACL_PUBSUB)
-        || spec.in_category(ACL_BLOCKING))
-}
 
 /// What a client receives from a shared connection.
 #[derive(Debug)]
@@ -96,7 +67,7 @@ pub struct Pool {
 impl Pool {
     /// Starts `n` shared-connection tasks. They hold only a weak reference to the proxy and
     /// end when the pool is dropped.
-    pub fn start(n: usize, shared: Weak<Shared>) -> Pool {
+    pub fn start<E: Env>(n: usize, shared: Weak<E>) -> Pool {
         let conns = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -124,7 +95,7 @@ struct Waiting {
 }
 
 /// One shared connection: writes jobs, splits replies back to their clients.
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
+async fn run<E: Env>(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<E>) {
     let mut rd: Option<UpRead> = None;
     let mut wr: Option<UpWrite> = None;
     let mut out = BytesMut::new();
@@ -149,7 +120,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                             wr = Some(w);
                         }
                         Err(e) => {
-                            sh.metrics.upstream_error(e.kind());
+                            sh.metrics().upstream_error(e.kind());
                             tracing::warn!(error = %e, "shared upstream connection failed");
                             refuse(job, &e);
                             while let Ok(j) = rx.try_recv() {
@@ -166,7 +137,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                 }
                 if let Some(w) = wr.as_ref() {
                     if let Err(e) = flush(w, &mut out) {
-                        fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
+                        fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                     }
                 }
             }
@@ -180,7 +151,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                         }
                         match r.read_now(&mut inb) {
                             Ok(Some(0)) => Err(UpstreamError::Closed),
-                            Ok(Some(_)) => dispatch(&mut inb, &mut fifo, &mut scanner, &sh),
+                            Ok(Some(_)) => dispatch(&mut inb, &mut fifo, &mut scanner, &*sh),
                             Ok(None) => Ok(()),
                             Err(e) => Err(UpstreamError::Io(e)),
                         }
@@ -188,7 +159,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     (Ok(()), None) => Ok(()),
                 };
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e);
+                    fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e);
                 }
             }
             r = async { match wr.as_ref() { Some(w) => w.writable().await, None => std::future::pending().await } }, if want_write => {
@@ -198,7 +169,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     None => Ok(()),
                 });
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
+                    fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                 }
             }
         }
@@ -227,14 +198,14 @@ fn refuse(job: Job, e: &UpstreamError) {
 
 /// The connection broke: every client with commands in flight loses them.
 fn fail(
-    sh: &Shared,
+    sh: &impl Env,
     rd: &mut Option<UpRead>,
     wr: &mut Option<UpWrite>,
     (out, inb, scanner): (&mut BytesMut, &mut BytesMut, &mut ReplyScanner),
     fifo: &mut VecDeque<Waiting>,
     e: UpstreamError,
 ) {
-    sh.metrics.upstream_error(e.kind());
+    sh.metrics().upstream_error(e.kind());
     tracing::warn!(error = %e, clients = fifo.len(), "shared upstream connection failed");
     *rd = None;
     *wr = None;
@@ -256,7 +227,7 @@ fn dispatch(
     inb: &mut BytesMut,
     fifo: &mut VecDeque<Waiting>,
     scanner: &mut ReplyScanner,
-    sh: &Shared,
+    sh: &impl Env,
 ) -> Result<(), UpstreamError> {
     // A shared connection carries many clients' replies: nothing is bounded here (the
     // scanner's stack grows with the reply's bytes, not by recursion); each client applies its
@@ -334,5 +305,5 @@ fn deliver(w: &Waiting, chunk: Bytes, max_buffered: usize) {
 }
 
 fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
-    crate::connection::write_now(out, |b| w.try_write(b))
+    crate::net::io::write_now(out, |b| w.try_write(b))
 }
