@@ -5,7 +5,8 @@
 //! (`diag`, `codec`, `command`, `net`, `policy`, `config`, `metrics`, `upstream`, `proxy`,
 //! `audit`, `stats`):
 //!
-//! - [`net`]: byte streams (TCP, Unix, the TLS bridge) and reads and writes that never wait.
+//! - [`net`]: byte streams (TCP, Unix, TLS driven by readiness) and reads and writes that never
+//!   wait.
 //! - [`proxy`]: the listener that accepts clients, the per-client session (request intake,
 //!   reply pairing, transactions, pub/sub, MONITOR and `CLIENT REPLY`, driven by one
 //!   `select!`), shared state and shutdown, the admin endpoint, reloads. [`Proxy`] is the

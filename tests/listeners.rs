@@ -200,3 +200,60 @@ async fn a_stalled_handshake_delays_no_one_and_ends_at_the_timeout() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_count_against_max_clients() {
+    let redis = RedisServer::start();
+    let pki = Pki::new("flood");
+    let server = pki.issue("proxy", &["127.0.0.1"]);
+    let yaml = format!(
+        "limits:\n  max_clients: 2\ntls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n  handshake_timeout: 5s\n",
+        server.cert.display(),
+        server.key.display()
+    );
+    let proxy = common::proxy(&yaml, &redis.url()).await;
+    let addr = proxy.tls_addr.expect("tls");
+    // Two connections that never start their handshake hold both client slots.
+    let silent = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let _silent2 = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let shared = proxy.shared.clone();
+    assert!(
+        common::eventually(Duration::from_secs(2), || {
+            let shared = shared.clone();
+            async move { shared.client_count() == 2 }
+        })
+        .await,
+        "handshakes in progress are not counted: {} clients",
+        proxy.shared.client_count()
+    );
+    // A third TLS client is closed before any handshake work, a plain one told why.
+    let started = Instant::now();
+    assert!(
+        tls_connect(addr, &pki, None).await.is_err(),
+        "a TLS handshake beyond max_clients went ahead"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let mut plain = raw_proxy(&proxy).await;
+    assert_resp!(
+        plain.read().await,
+        b"-ERR max number of clients reached\r\n"
+    );
+    // A slot freed by a handshake that ends is taken by the next client.
+    drop(silent);
+    assert!(
+        common::eventually(Duration::from_secs(2), || {
+            let shared = shared.clone();
+            async move { shared.client_count() == 1 }
+        })
+        .await,
+        "the slot of an abandoned handshake was not given back"
+    );
+    let mut c = tls_connect(addr, &pki, None).await.expect("tls");
+    assert_resp!(call_on(&mut c, &[b"PING"]).await.unwrap(), b"+PONG\r\n");
+    let m = metrics_text(&proxy).await;
+    assert_eq!(
+        metric(&m, "respguard_client_connections_refused_total"),
+        Some(2.0),
+        "{m}"
+    );
+}

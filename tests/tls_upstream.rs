@@ -378,3 +378,94 @@ async fn example_policy_applies_through_tls_as_on_plain_tcp() {
     let added = common::metric_sum(&m, "respguard_ttl_enforced_total", &[("action", "added")]);
     assert_eq!(added, Some(1.0), "{m}");
 }
+
+/// A TCP relay between the proxy and Redis's TLS port that passes bytes unchanged until
+/// `corrupt` is set; then it flips one bit of the next bytes Redis sends, as a faulty network
+/// device would. Each accepted connection gets its own connection to Redis.
+async fn corrupting_relay(
+    redis: std::net::SocketAddr,
+    corrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay bind");
+    let addr = listener.local_addr().expect("relay addr");
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let corrupt = corrupt.clone();
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(redis).await else {
+                    return;
+                };
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut dr, &mut uw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match ur.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if corrupt.swap(false, Ordering::AcqRel) {
+                        // The last byte of a record is part of its authentication tag.
+                        buf[n - 1] ^= 0x01;
+                    }
+                    if dw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_failure_on_an_established_connection_is_named_and_counted_as_tls() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pki = Pki::new("broken");
+    let server = pki.issue("server", &["127.0.0.1"]);
+    let redis = TlsRedis::start(&pki, &server, "no");
+    let corrupt = std::sync::Arc::new(AtomicBool::new(false));
+    let relay = corrupting_relay(
+        format!("127.0.0.1:{}", redis.tls_port)
+            .parse()
+            .expect("addr"),
+        corrupt.clone(),
+    )
+    .await;
+    // Dedicated upstream connections, then shared ones.
+    for shared in [0, 2] {
+        let yaml = format!(
+            "upstream:\n  connect_timeout: 2s\n  shared_connections: {shared}\n  tls:\n    ca_file: {}\n",
+            pki.ca_file().display()
+        );
+        let proxy = common::proxy(&yaml, &format!("rediss://{relay}")).await;
+        let mut c = raw_proxy(&proxy).await;
+        assert_resp!(c.call(&[b"SET", b"app:user:1", b"v"]).await, b"+OK\r\n");
+        corrupt.store(true, Ordering::Release);
+        let reply = c.call(&[b"GET", b"app:user:1"]).await;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        assert!(
+            text.starts_with("-ERR upstream connection lost: TLS: "),
+            "shared_connections {shared}: client got {}",
+            show(&reply)
+        );
+        assert!(
+            c.closed_within(Duration::from_secs(2)).await,
+            "shared_connections {shared}: the client stays open after its upstream state was lost"
+        );
+        let m = metrics_text(&proxy).await;
+        let n = metric(&m, "respguard_upstream_errors_total{kind=\"tls\"}").unwrap_or(0.0);
+        assert_eq!(
+            n,
+            1.0,
+            "shared_connections {shared}: tls errors counted\n{}",
+            common::metric_lines(&m, "respguard_upstream_errors_total")
+        );
+    }
+}

@@ -196,7 +196,8 @@ impl Conn {
                 continue;
             }
             let wait = async {
-                if off < out.len() {
+                // A TLS stream may hold sealed records after a write: they need writability.
+                if off < out.len() || self.write.has_pending_output() {
                     tokio::select! {
                         r = self.read.readable() => r,
                         w = self.write.writable() => w,

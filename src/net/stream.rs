@@ -1,6 +1,6 @@
-//! The client side's byte streams: TCP, or a Unix socket (a Unix listener, or the plain end
-//! of a TLS client's bridge, see [`crate::net::tls`]). The session reads and writes them by
-//! readiness and never learns which one it has.
+//! The client side's byte streams: TCP, a Unix socket, or TLS over TCP (see
+//! [`crate::net::tls::TlsStream`]). The session reads and writes them by readiness and never
+//! learns which one it has.
 
 use std::io;
 use std::pin::Pin;
@@ -9,11 +9,15 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::net::tls::{Accepted, TlsRead, TlsStream, TlsWrite};
+
 /// An accepted client connection.
 #[derive(Debug)]
 pub enum ClientStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Still tokio-rustls's stream until it is split for the session.
+    Tls(Box<Accepted>),
 }
 
 /// Reading half of a client connection.
@@ -21,6 +25,7 @@ pub enum ClientStream {
 pub enum ClientRead {
     Tcp(tokio::net::tcp::OwnedReadHalf),
     Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(TlsRead),
 }
 
 /// Writing half of a client connection.
@@ -28,6 +33,7 @@ pub enum ClientRead {
 pub enum ClientWrite {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     Unix(tokio::net::unix::OwnedWriteHalf),
+    Tls(TlsWrite),
 }
 
 impl ClientStream {
@@ -37,6 +43,7 @@ impl ClientStream {
         match self {
             ClientStream::Tcp(s) => s.set_nodelay(true),
             ClientStream::Unix(_) => Ok(()),
+            ClientStream::Tls(s) => s.get_ref().0.set_nodelay(true),
         }
     }
 
@@ -49,6 +56,10 @@ impl ClientStream {
             ClientStream::Unix(s) => {
                 let (r, w) = s.into_split();
                 (ClientRead::Unix(r), ClientWrite::Unix(w))
+            }
+            ClientStream::Tls(s) => {
+                let (r, w) = TlsStream::from_accepted(*s).into_split();
+                (ClientRead::Tls(r), ClientWrite::Tls(w))
             }
         }
     }
@@ -63,6 +74,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -70,6 +82,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -77,6 +90,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -86,6 +100,7 @@ impl ClientRead {
         match self {
             ClientRead::Tcp(s) => s.readable().await,
             ClientRead::Unix(s) => s.readable().await,
+            ClientRead::Tls(s) => s.readable().await,
         }
     }
 }
@@ -99,6 +114,7 @@ impl AsyncRead for ClientRead {
         match self.get_mut() {
             ClientRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientRead::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ClientRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -108,6 +124,7 @@ impl ClientWrite {
         match self {
             ClientWrite::Tcp(s) => s.writable().await,
             ClientWrite::Unix(s) => s.writable().await,
+            ClientWrite::Tls(s) => s.writable().await,
         }
     }
 
@@ -115,6 +132,16 @@ impl ClientWrite {
         match self {
             ClientWrite::Tcp(s) => s.try_write(buf),
             ClientWrite::Unix(s) => s.try_write(buf),
+            ClientWrite::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    /// Bytes taken by `try_write` and not yet on the socket (sealed TLS records): the
+    /// session keeps waiting for `writable()` while there are any.
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            ClientWrite::Tcp(_) | ClientWrite::Unix(_) => false,
+            ClientWrite::Tls(s) => s.has_pending_output(),
         }
     }
 }

@@ -1,29 +1,34 @@
 //! TLS on either side of the proxy: certificate material loaded from PEM files, handshakes
-//! with causes named in words, and the bridge that hands the session a plain stream.
+//! with causes named in words, and the TLS stream the session reads and writes once the
+//! handshake is done.
 //!
 //! The session and the shared-connection task drive their sockets by readiness
-//! (`readable()`, then a read that never waits). rustls keeps decrypted bytes and unsent
-//! records in its own buffers, which a readiness flag on the socket cannot see. So a TLS
-//! stream is never given to them: once the handshake is done, a task per connection copies
-//! between the TLS stream and one end of a Unix socket pair, and the session gets the other
-//! end. Plain connections keep their direct path and pay nothing for TLS existing.
+//! (`readable()`, then a read that never waits; `writable()`, then `try_write`). A
+//! [`TlsStream`] offers the same calls: rustls is driven sans-IO over the socket's own
+//! non-blocking reads and writes, so TLS costs the crypto and nothing else (no extra task,
+//! no extra socket). Two things a socket's readiness cannot show are answered by the stream
+//! itself: decrypted bytes already inside rustls make `readable()` return at once, and records
+//! sealed but not yet sent show in [`TlsWrite::has_pending_output`], which the session waits
+//! to flush by `writable()`.
 //!
 //! Key material is read here and only handed to rustls; nothing in this module prints it.
 
 use std::fmt;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
-
-/// Bytes copied per read in each direction of a bridge: a TLS record holds at most 16 kB of
-/// plaintext, so this takes several records per system call on the Unix side.
-const BRIDGE_BUF: usize = 64 * 1024;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -269,8 +274,8 @@ impl UpstreamTls {
         Ok(())
     }
 
-    /// Runs the handshake over `tcp` and returns the bridged plain end.
-    pub async fn connect(&self, tcp: TcpStream, timeout: Duration) -> Result<UnixStream, String> {
+    /// Runs the handshake over `tcp` and returns the established stream.
+    pub async fn connect(&self, tcp: TcpStream, timeout: Duration) -> Result<TlsStream, String> {
         let connector = tokio_rustls::TlsConnector::from(self.config());
         let name = self.server_name.clone();
         let handshake = async {
@@ -293,7 +298,8 @@ impl UpstreamTls {
             Ok(Err(e)) => return Err(describe(&e, &self.server_name)),
             Ok(Ok(tls)) => tls,
         };
-        bridge(tls).map_err(|e| format!("cannot set up the connection: {e}"))
+        let (tcp, conn) = tls.into_inner();
+        Ok(TlsStream::new(tcp, conn.into()))
     }
 }
 
@@ -359,32 +365,362 @@ impl ListenerTls {
         Ok(())
     }
 
-    /// Runs a client's handshake and returns the bridged plain end.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<UnixStream, HandshakeFailure> {
+    /// Runs a client's handshake. The stream is still tokio-rustls's, so a refusal can be
+    /// written to it; [`TlsStream::from_accepted`] takes it over for the session.
+    pub async fn accept(&self, tcp: TcpStream) -> Result<Accepted, HandshakeFailure> {
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
-        let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-            Err(_) => {
-                return Err(HandshakeFailure {
-                    reason: "timeout",
-                    detail: format!(
-                        "no complete handshake within {} ms",
-                        self.handshake_timeout.as_millis()
-                    ),
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(HandshakeFailure {
-                    reason: client_failure_reason(&e),
-                    detail: e.to_string(),
-                })
-            }
-            Ok(Ok(tls)) => tls,
+        match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+            Err(_) => Err(HandshakeFailure {
+                reason: "timeout",
+                detail: format!(
+                    "no complete handshake within {} ms",
+                    self.handshake_timeout.as_millis()
+                ),
+            }),
+            Ok(Err(e)) => Err(HandshakeFailure {
+                reason: client_failure_reason(&e),
+                detail: e.to_string(),
+            }),
+            Ok(Ok(tls)) => Ok(tls),
+        }
+    }
+}
+
+/// A client's stream after its TLS handshake, as tokio-rustls hands it over.
+pub type Accepted = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A TLS error on an established connection, kept distinct from the socket's own errors so
+/// it can be named and counted as TLS.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS: {0}")]
+pub struct TlsError(rustls::Error);
+
+/// Whether `e` is a TLS failure of an established connection (see [`TlsError`]).
+pub fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<TlsError>())
+}
+
+/// The rustls state of one connection, shared by its two halves. Both halves are used from
+/// one task, so the lock is never contended; it only makes the halves `Send`.
+struct Session {
+    conn: rustls::Connection,
+    /// Decrypted bytes waiting inside `conn`. A read hands them out before it asks the socket.
+    plain: usize,
+    /// The peer ended the stream (`close_notify` or end of TCP): reads return end of stream
+    /// once `plain` is drained.
+    closed: bool,
+    /// A TLS error found while decrypted bytes before it were still being handed out; the
+    /// next read returns it.
+    broken: Option<rustls::Error>,
+    /// This side sent `close_notify`: the session is over, reads return end of stream (rustls
+    /// must not be fed records after it).
+    ended: bool,
+}
+
+fn lock(s: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    match s.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Session {
+    fn new(conn: rustls::Connection) -> Session {
+        let mut s = Session {
+            conn,
+            plain: 0,
+            closed: false,
+            broken: None,
+            ended: false,
         };
-        bridge(tls).map_err(|e| HandshakeFailure {
-            reason: "io",
-            detail: e.to_string(),
-        })
+        // The handshake may have read past its last message (a pipelined first command).
+        s.absorb(false);
+        s
+    }
+
+    /// Decrypts the records read so far and notes what they left to read.
+    fn absorb(&mut self, eof: bool) {
+        match self.conn.process_new_packets() {
+            Ok(st) => {
+                self.plain = st.plaintext_bytes_to_read();
+                self.closed |= eof || st.peer_has_closed();
+            }
+            Err(e) => self.broken = Some(e),
+        }
+    }
+
+    /// Whether a read would return without the socket's help.
+    fn read_ready(&self) -> bool {
+        self.plain > 0 || self.closed || self.broken.is_some() || self.ended
+    }
+
+    /// Fills `dst` with decrypted bytes, reading records from `src` while it has them.
+    /// `Ok(true)`: bytes were added, or the stream ended if none were; `Ok(false)`: `src`
+    /// has nothing now.
+    fn read(&mut self, src: &mut dyn Read, dst: &mut ReadBuf<'_>) -> io::Result<bool> {
+        let start = dst.filled().len();
+        if dst.remaining() == 0 {
+            return Ok(true);
+        }
+        loop {
+            if self.plain > 0 {
+                let k = self.plain.min(dst.remaining());
+                if k == 0 {
+                    return Ok(true);
+                }
+                let n = self.conn.reader().read(dst.initialize_unfilled_to(k))?;
+                dst.advance(n);
+                self.plain = if n == 0 { 0 } else { self.plain - n };
+                continue;
+            }
+            let got = dst.filled().len() > start;
+            if let Some(e) = self.broken.take() {
+                if got {
+                    self.broken = Some(e);
+                    return Ok(true);
+                }
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TlsError(e)));
+            }
+            if self.closed || self.ended {
+                return Ok(true);
+            }
+            let eof = match self.conn.read_tls(src) {
+                Ok(n) => n == 0,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) => return Err(e),
+            };
+            self.absorb(eof);
+        }
+    }
+
+    /// Sends sealed records until none are left or the socket is full.
+    fn flush(&mut self, sink: &mut dyn Write) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(sink) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals what rustls's send buffer takes of `buf` (64 kB at most) and sends it. Refuses
+    /// (`WouldBlock`) while records of an earlier write are still unsent, so at most one
+    /// write's records wait inside the stream.
+    fn write(&mut self, sink: &mut dyn Write, buf: &[u8]) -> io::Result<usize> {
+        self.flush(sink)?;
+        if self.conn.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.conn.writer().write(buf)?;
+        self.flush(sink)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+}
+
+/// Reads ciphertext through `poll_read`, which (unlike `try_read`) lets tokio clear the
+/// socket's readiness on a short read and so saves the `EAGAIN` read that would follow.
+struct PollSource<'a, 'b> {
+    io: &'a mut OwnedReadHalf,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for PollSource<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// Reads ciphertext without a waker, for callers that wait with `readable()`.
+struct TrySource<'a>(&'a OwnedReadHalf);
+
+impl Read for TrySource<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+/// Writes ciphertext without waiting; rustls hands several records to one `writev`.
+struct Sink<'a>(&'a OwnedWriteHalf);
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An established TLS connection over TCP, read and written by readiness like a socket.
+#[derive(Debug)]
+pub struct TlsStream {
+    rd: TlsRead,
+    wr: TlsWrite,
+}
+
+/// Reading half of a [`TlsStream`].
+pub struct TlsRead {
+    io: OwnedReadHalf,
+    session: Arc<Mutex<Session>>,
+}
+
+/// Writing half of a [`TlsStream`]. Dropping it sends `close_notify` if the socket takes it.
+pub struct TlsWrite {
+    io: OwnedWriteHalf,
+    session: Arc<Mutex<Session>>,
+}
+
+impl fmt::Debug for TlsRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsRead").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TlsWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsWrite").finish_non_exhaustive()
+    }
+}
+
+impl TlsStream {
+    /// Takes over a connection whose handshake is complete.
+    pub fn new(tcp: TcpStream, conn: rustls::Connection) -> TlsStream {
+        let session = Arc::new(Mutex::new(Session::new(conn)));
+        let (r, w) = tcp.into_split();
+        TlsStream {
+            rd: TlsRead {
+                io: r,
+                session: session.clone(),
+            },
+            wr: TlsWrite { io: w, session },
+        }
+    }
+
+    /// Takes over a client's stream from tokio-rustls.
+    pub fn from_accepted(s: Accepted) -> TlsStream {
+        let (tcp, conn) = s.into_inner();
+        TlsStream::new(tcp, conn.into())
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.rd.readable().await
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.wr.writable().await
+    }
+
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.rd.try_read_buf(buf)
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.wr.try_write(buf)
+    }
+
+    pub fn has_pending_output(&self) -> bool {
+        self.wr.has_pending_output()
+    }
+
+    pub fn into_split(self) -> (TlsRead, TlsWrite) {
+        (self.rd, self.wr)
+    }
+}
+
+impl TlsRead {
+    /// Resolves at once while decrypted bytes (or the end of the stream, or an error) wait
+    /// inside rustls: the socket may have nothing more to say about them.
+    pub async fn readable(&self) -> io::Result<()> {
+        if lock(&self.session).read_ready() {
+            return Ok(());
+        }
+        self.io.readable().await
+    }
+
+    /// Reads what is there now into `buf`: `Ok(0)` at the end of the stream, `WouldBlock`
+    /// when nothing is. For the proxy's own short exchanges; the session reads through
+    /// `AsyncRead`.
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let mut rb = ReadBuf::new(&mut chunk);
+        if lock(&self.session).read(&mut TrySource(&self.io), &mut rb)? {
+            buf.extend_from_slice(rb.filled());
+            Ok(rb.filled().len())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+}
+
+impl AsyncRead for TlsRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut session = lock(&this.session);
+        let mut src = PollSource {
+            io: &mut this.io,
+            cx,
+        };
+        match session.read(&mut src, buf) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl TlsWrite {
+    /// Resolves when the stream takes more bytes: the socket is writable and the records
+    /// sealed by earlier writes have gone out (they are sent here).
+    pub async fn writable(&self) -> io::Result<()> {
+        loop {
+            self.io.writable().await?;
+            let mut session = lock(&self.session);
+            session.flush(&mut Sink(&self.io))?;
+            if !session.conn.wants_write() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Seals and sends a part of `buf` without waiting; returns how much was taken.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        lock(&self.session).write(&mut Sink(&self.io), buf)
+    }
+
+    /// Records sealed and not yet sent: the owner must wait for [`TlsWrite::writable`] even
+    /// with nothing more to write, or they are never sent.
+    pub fn has_pending_output(&self) -> bool {
+        lock(&self.session).conn.wants_write()
+    }
+}
+
+impl Drop for TlsWrite {
+    fn drop(&mut self) {
+        let mut session = lock(&self.session);
+        session.conn.send_close_notify();
+        session.ended = true;
+        let _ = session.flush(&mut Sink(&self.io));
     }
 }
 
@@ -403,25 +739,6 @@ async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<()> {
         std::io::ErrorKind::InvalidData,
         "reply to PING too long",
     ))
-}
-
-/// Starts the copy task for an established TLS stream; returns the session's end.
-pub fn bridge<S>(tls: S) -> std::io::Result<UnixStream>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (ours, theirs) = UnixStream::pair()?;
-    tokio::spawn(async move {
-        let mut tls = tls;
-        let mut theirs = theirs;
-        if let Err(e) =
-            tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut theirs, BRIDGE_BUF, BRIDGE_BUF)
-                .await
-        {
-            tracing::debug!(error = %e, "TLS connection ended");
-        }
-    });
-    Ok(ours)
 }
 
 /// Puts a failed handshake's cause in the words an operator searches for.
@@ -482,4 +799,145 @@ pub fn client_failure_reason(e: &std::io::Error) -> &'static str {
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{host:?} is neither a DNS name nor an IP address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A client and a server TLS stream connected over loopback TCP.
+    async fn pair() -> (TlsStream, TlsStream) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (c, s) = tokio::join!(
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            },
+            async {
+                let (tcp, _) = l.accept().await.unwrap();
+                acceptor.accept(tcp).await.unwrap()
+            }
+        );
+        let (ct, cc) = c.into_inner();
+        (TlsStream::new(ct, cc.into()), TlsStream::from_accepted(s))
+    }
+
+    async fn write_all(s: &TlsStream, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            s.writable().await.unwrap();
+            match s.try_write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while s.has_pending_output() {
+            s.writable().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn decrypted_bytes_inside_rustls_make_the_stream_readable_without_the_socket() {
+        let (c, s) = pair().await;
+        write_all(&s, b"+first\r\n+second\r\n").await;
+        let (mut rd, _wr) = c.into_split();
+        rd.readable().await.unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(rd.read(&mut b).await.unwrap(), 8);
+        assert_eq!(&b, b"+first\r\n");
+        // The whole record left the socket with the first read; the rest is inside rustls.
+        tokio::time::timeout(Duration::from_millis(200), rd.readable())
+            .await
+            .expect("readable() waited on the socket for bytes rustls already holds")
+            .unwrap();
+        let mut rest = [0u8; 9];
+        rd.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"+second\r\n");
+    }
+
+    #[tokio::test]
+    async fn sealed_records_the_socket_did_not_take_go_out_on_writability() {
+        let (c, s) = pair().await;
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        // The peer reads nothing yet: write until the socket is full.
+        let mut taken = 0usize;
+        loop {
+            match c.try_write(&chunk) {
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            c.has_pending_output(),
+            "a refused write leaves sealed records"
+        );
+        let reader = tokio::spawn(async move {
+            let (mut rd, _wr) = s.into_split();
+            let mut got = vec![0u8; taken];
+            rd.read_exact(&mut got).await.unwrap();
+            got
+        });
+        while c.has_pending_output() {
+            tokio::time::timeout(Duration::from_secs(10), c.writable())
+                .await
+                .expect("pending records flushed")
+                .unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("every byte taken by try_write reaches the peer")
+            .unwrap();
+        assert!(got.chunks(chunk.len()).all(|c| c == &chunk[..c.len()]));
+    }
+
+    #[tokio::test]
+    async fn closing_sends_close_notify() {
+        let (c, s) = pair().await;
+        let (_crd, cwr) = c.into_split();
+        let (mut srd, _swr) = s.into_split();
+        drop(cwr);
+        let mut b = [0u8; 1];
+        assert_eq!(srd.read(&mut b).await.unwrap(), 0);
+        let st = lock(&srd.session).conn.process_new_packets().unwrap();
+        assert!(st.peer_has_closed(), "ended without close_notify");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_a_named_tls_error() {
+        let (c, s) = pair().await;
+        let (mut crd, _cwr) = c.into_split();
+        let (_srd, swr) = s.into_split();
+        // What the handshake left (session tickets) goes first.
+        while swr.has_pending_output() {
+            swr.writable().await.unwrap();
+        }
+        // Bytes that are not a record of this session.
+        swr.io.try_write(b"\x17\x03\x03\x00\x05hello").unwrap();
+        let mut b = [0u8; 1];
+        let e = crd.read(&mut b).await.unwrap_err();
+        assert!(is_tls_error(&e), "{e}");
+        assert!(e.to_string().starts_with("TLS: "), "{e}");
+    }
 }

@@ -21,8 +21,29 @@ use crate::net::stream::ClientStream;
 use crate::upstream::Pool;
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
-/// handshake), with a description of where it came from for the log.
-type Incoming = (ClientStream, String);
+/// handshake), with a description of where it came from for the log, and its client slot if
+/// it took one before being handed over (a TLS client, for its handshake).
+type Incoming = (ClientStream, String, Option<Slot>);
+
+/// One client's place under `max_clients`, given back when dropped.
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a client slot if `max_clients` leaves one.
+fn take_slot(shared: &Arc<Shared>) -> Option<Slot> {
+    let max = shared.max_clients();
+    let n = shared.clients.fetch_add(1, Ordering::AcqRel);
+    if n >= max {
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Slot(shared.clone()))
+}
 
 /// Descriptors kept for the process itself (listeners, the runtime, logs, admin requests),
 /// as Redis keeps 32 beyond `maxclients`.
@@ -183,7 +204,7 @@ async fn accept_unix(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
-                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()))).await.is_err() {
+                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()), None)).await.is_err() {
                         break;
                     }
                 }
@@ -200,7 +221,9 @@ async fn accept_unix(
 }
 
 /// Accepts TLS clients; each handshake runs in a task of its own, bounded by the handshake
-/// timeout, so a slow or failing client never holds up another.
+/// timeout, so a slow or failing client never holds up another. A handshake in progress
+/// holds a client slot: a flood of handshakes is bounded by `max_clients`, and a connection
+/// beyond it is closed before any handshake work (no reply can reach it before TLS).
 async fn accept_tls(
     listener: TcpListener,
     tls: crate::net::tls::ListenerTls,
@@ -213,11 +236,16 @@ async fn accept_tls(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
+                    let Some(slot) = take_slot(&shared) else {
+                        shared.metrics.connections_refused.increment(1);
+                        tracing::debug!(%peer, "max clients reached; TLS connection closed");
+                        continue;
+                    };
                     let (tls, shared, to) = (tls.clone(), shared.clone(), to.clone());
                     tokio::spawn(async move {
                         match tls.accept(s).await {
                             Ok(u) => {
-                                let _ = to.send((ClientStream::Unix(u), format!("tls:{peer}"))).await;
+                                let _ = to.send((ClientStream::Tls(Box::new(u)), format!("tls:{peer}"), Some(slot))).await;
                             }
                             Err(f) => {
                                 shared.metrics.client_tls_failure(f.reason);
@@ -257,14 +285,14 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, &shared, &shutdown, &done_tx),
+                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, None, &shared, &shutdown, &done_tx),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some((stream, peer)) = incoming.recv() => admit(stream, peer, &shared, &shutdown, &done_tx),
+            Some((stream, peer, slot)) = incoming.recv() => admit(stream, peer, slot, &shared, &shutdown, &done_tx),
             _ = shutdown.changed() => break,
         }
     }
@@ -282,14 +310,12 @@ async fn accept_loop(
 fn admit(
     mut stream: ClientStream,
     peer: impl fmt::Display,
+    slot: Option<Slot>,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
 ) {
-    let max = shared.max_clients();
-    let n = shared.clients.fetch_add(1, Ordering::AcqRel);
-    if n >= max {
-        shared.clients.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = slot.or_else(|| take_slot(shared)) else {
         shared.metrics.connections_refused.increment(1);
         tracing::debug!(peer = %peer, "max clients reached");
         tokio::spawn(async move {
@@ -299,7 +325,7 @@ fn admit(
             let _ = stream.shutdown().await;
         });
         return;
-    }
+    };
     shared.metrics.connections_total.increment(1);
     shared.metrics.client_connections.increment(1.0);
     let shared = shared.clone();
@@ -307,7 +333,7 @@ fn admit(
     let done = done.clone();
     tokio::spawn(async move {
         super::session::serve(stream, shared.clone(), shutdown).await;
-        shared.clients.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         shared.metrics.client_connections.decrement(1.0);
         drop(done);
     });

@@ -1,8 +1,8 @@
 //! Connecting to Redis: TCP or Unix socket with the configured timeout, TLS when the URL is
-//! `rediss://` (see [`crate::net::tls`]: a TLS connection reaches the session as the plain end
-//! of a bridge, so nothing past this module knows), the proxy's own handshake (`AUTH`,
-//! `SELECT`) before any client byte is forwarded, and one-off calls (readiness `PING`, the
-//! audit's questions). The halves of a connected socket ([`UpRead`], [`UpWrite`]) are what the
+//! `rediss://` (see [`crate::net::tls`]: a TLS stream is read and written by readiness like a
+//! socket, so nothing past this module knows), the proxy's own handshake (`AUTH`, `SELECT`)
+//! before any client byte is forwarded, and one-off calls (readiness `PING`, the audit's
+//! questions). The halves of a connected socket ([`UpRead`], [`UpWrite`]) are what the
 //! session's dedicated connection and the shared connections drive by readiness.
 
 use std::io;
@@ -12,12 +12,14 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::codec::{encode_command, Limits, ReplyScanner};
 use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::net::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// Reading half of a connected upstream.
 #[derive(Debug)]
 pub enum UpRead {
     Tcp(tokio::net::tcp::OwnedReadHalf),
     Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(TlsRead),
 }
 
 /// Writing half of a connected upstream.
@@ -25,6 +27,7 @@ pub enum UpRead {
 pub enum UpWrite {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     Unix(tokio::net::unix::OwnedWriteHalf),
+    Tls(TlsWrite),
 }
 
 impl UpRead {
@@ -32,6 +35,7 @@ impl UpRead {
         match self {
             UpRead::Tcp(s) => s.readable().await,
             UpRead::Unix(s) => s.readable().await,
+            UpRead::Tls(s) => s.readable().await,
         }
     }
 
@@ -40,6 +44,7 @@ impl UpRead {
         match self {
             UpRead::Tcp(s) => crate::net::io::read_now(s, buf),
             UpRead::Unix(s) => crate::net::io::read_now(s, buf),
+            UpRead::Tls(s) => crate::net::io::read_now(s, buf),
         }
     }
 }
@@ -49,6 +54,7 @@ impl UpWrite {
         match self {
             UpWrite::Tcp(s) => s.writable().await,
             UpWrite::Unix(s) => s.writable().await,
+            UpWrite::Tls(s) => s.writable().await,
         }
     }
 
@@ -56,6 +62,16 @@ impl UpWrite {
         match self {
             UpWrite::Tcp(s) => s.try_write(buf),
             UpWrite::Unix(s) => s.try_write(buf),
+            UpWrite::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    /// Bytes taken by `try_write` and not yet on the socket (sealed TLS records): the owner
+    /// keeps waiting for `writable()` while there are any.
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            UpWrite::Tcp(_) | UpWrite::Unix(_) => false,
+            UpWrite::Tls(s) => s.has_pending_output(),
         }
     }
 }
@@ -71,6 +87,7 @@ pub enum UpstreamError {
     Tls { addr: String, cause: String },
     #[error("upstream {addr} refused the proxy's handshake: {reply}")]
     Handshake { addr: String, reply: String },
+    /// Also a TLS failure of an established connection (see [`crate::net::tls::TlsError`]).
     #[error("upstream connection lost: {0}")]
     Io(#[from] io::Error),
     #[error("upstream sent an invalid reply: {0}")]
@@ -89,6 +106,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Tls { .. } => "tls",
             UpstreamError::Handshake { .. } => "handshake",
+            UpstreamError::Io(e) if crate::net::tls::is_tls_error(e) => "tls",
             UpstreamError::Io(_) => "io",
             UpstreamError::Protocol(_) => "protocol",
             UpstreamError::Closed => "closed",
@@ -103,6 +121,7 @@ impl UpstreamError {
 pub enum Upstream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(TlsStream),
 }
 
 impl Upstream {
@@ -110,6 +129,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.readable().await,
             Upstream::Unix(s) => s.readable().await,
+            Upstream::Tls(s) => s.readable().await,
         }
     }
 
@@ -117,6 +137,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.writable().await,
             Upstream::Unix(s) => s.writable().await,
+            Upstream::Tls(s) => s.writable().await,
         }
     }
 
@@ -124,6 +145,7 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.try_read_buf(buf),
             Upstream::Unix(s) => s.try_read_buf(buf),
+            Upstream::Tls(s) => s.try_read_buf(buf),
         }
     }
 
@@ -131,6 +153,14 @@ impl Upstream {
         match self {
             Upstream::Tcp(s) => s.try_write(buf),
             Upstream::Unix(s) => s.try_write(buf),
+            Upstream::Tls(s) => s.try_write(buf),
+        }
+    }
+
+    fn has_pending_output(&self) -> bool {
+        match self {
+            Upstream::Tcp(_) | Upstream::Unix(_) => false,
+            Upstream::Tls(s) => s.has_pending_output(),
         }
     }
 
@@ -144,6 +174,10 @@ impl Upstream {
             Upstream::Unix(s) => {
                 let (r, w) = s.into_split();
                 (UpRead::Unix(r), UpWrite::Unix(w))
+            }
+            Upstream::Tls(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Tls(r), UpWrite::Tls(w))
             }
         }
     }
@@ -178,7 +212,7 @@ impl Upstream {
                 // One budget for TCP and TLS together: connect_timeout is what a client waits.
                 let left = cfg.connect_timeout.saturating_sub(started.elapsed());
                 match tls.connect(s, left).await {
-                    Ok(u) => Upstream::Unix(u),
+                    Ok(u) => Upstream::Tls(u),
                     Err(cause) => return Err(UpstreamError::Tls { addr, cause }),
                 }
             }
@@ -229,6 +263,10 @@ impl Upstream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // A TLS stream may hold sealed records the socket did not take yet.
+        while self.has_pending_output() {
+            self.writable().await?;
         }
         let mut buf = BytesMut::with_capacity(256);
         let mut scanner = ReplyScanner::new();

@@ -192,10 +192,11 @@ impl Link {
     }
 
     /// Whether the dedicated connection has something to write: `unsent` bytes the session
-    /// queued (a shared link takes its batches at once and never waits for writability).
+    /// queued, or sealed TLS records the socket did not take yet (a shared link takes its
+    /// batches at once and never waits for writability).
     pub fn wants_write(&self, unsent: bool) -> bool {
         match self {
-            Link::Dedicated(_) => unsent,
+            Link::Dedicated(d) => unsent || d.wr.has_pending_output(),
             _ => false,
         }
     }

@@ -103,7 +103,10 @@ async fn run<E: Env>(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<E>) {
     let mut fifo: VecDeque<Waiting> = VecDeque::new();
     let mut scanner = ReplyScanner::new();
     loop {
-        let want_write = wr.is_some() && !out.is_empty();
+        // A TLS stream may hold sealed records after a write: they need writability too.
+        let want_write = wr
+            .as_ref()
+            .is_some_and(|w| !out.is_empty() || w.has_pending_output());
         tokio::select! {
             job = rx.recv() => {
                 let Some(job) = job else { return };

@@ -90,6 +90,7 @@ impl Session {
             if (self.closing || client_eof || draining)
                 && self.pending.is_empty()
                 && self.cout.is_empty()
+                && !cwr.has_pending_output()
             {
                 // Everything owed was delivered (a half-closed client still gets its replies).
                 return Ok(());
@@ -108,7 +109,8 @@ impl Session {
                             }));
             let read_up = self.link.is_dedicated() && self.cout.len() < HIGH_WATER;
             let write_up = self.link.wants_write(!self.uout.is_empty());
-            let write_client = !self.cout.is_empty();
+            // A TLS stream may hold sealed records after a write: they need writability too.
+            let write_client = !self.cout.is_empty() || cwr.has_pending_output();
             let deadline = self.read_deadline(read_timeout, self.link.is_up());
             let client_deadline = if read_client {
                 self.client_deadline()
