@@ -146,7 +146,7 @@ pub fn main(args: &[String]) -> ExitCode {
             Ok(mut sigint) => {
                 tokio::spawn(async move {
                     if sigint.recv().await.is_some() {
-                        eprintln!("\nrespguard audit: interrupted; finishing the batch in flight");
+                        eprintln!("\nrespguard audit: interrupted; finishing the batches in flight");
                         on_signal.request();
                     }
                 });

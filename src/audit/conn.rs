@@ -1,18 +1,22 @@
 //! The audit's control-plane connection to Redis: the proxy's own connect and handshake
 //! (`AUTH`, `SELECT`), then pipelined batches of commands whose replies are framed by the
-//! project's bounded reply scanner and decoded with `redis-protocol`.
+//! project's bounded reply scanner, then decoded into `redis-protocol` frames.
 //!
-//! Writing and reading overlap, so a batch of thousands of commands never waits on a full
-//! socket buffer in either direction. `--rate` is a token bucket charged per command before a
-//! batch is sent; its waits end early when the audit is stopped.
+//! Commands go in groups: [`Conn::submit`] queues a group for writing and [`Conn::recv`] reads
+//! the replies of the oldest group still in flight, in order. Several groups may be in flight,
+//! so Redis has the next group to work on while the audit judges the replies of the last one;
+//! writing and reading overlap, so a group of thousands of commands never waits on a full
+//! socket buffer in either direction. `--rate` is a token bucket charged per command when a
+//! group is submitted; its waits end early when the audit is stopped.
 
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
 
-use crate::codec::{encode_command, Limits, ReplyScanner};
+use crate::codec::{encode_command, string2ll, Limits, ReplyScanner};
 use crate::config::UpstreamConfig;
 use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
 
@@ -74,14 +78,21 @@ impl TokenBucket {
     }
 }
 
-/// One connection, used strictly batch by batch.
+/// One connection to one node, with groups of commands in flight.
 #[derive(Debug)]
 pub struct Conn {
     read: UpRead,
     write: UpWrite,
     inbuf: BytesMut,
+    /// The group being built.
     out: BytesMut,
     pending: usize,
+    /// Submitted and not yet written.
+    wbuf: BytesMut,
+    /// Commands per submitted group whose replies are not all read, oldest first.
+    groups: VecDeque<usize>,
+    /// A write error met while submitting, reported by the next [`Conn::recv`].
+    broken: Option<io::Error>,
     scanner: ReplyScanner,
     limits: Limits,
     timeout: Duration,
@@ -105,6 +116,9 @@ impl Conn {
             inbuf: BytesMut::with_capacity(64 * 1024),
             out: BytesMut::with_capacity(64 * 1024),
             pending: 0,
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            groups: VecDeque::new(),
+            broken: None,
             scanner: ReplyScanner::new(),
             limits: *limits,
             // A pipelined batch takes longer than one command; the configured read timeout
@@ -115,7 +129,7 @@ impl Conn {
         })
     }
 
-    /// Queues one command for the next [`Conn::send`].
+    /// Adds one command to the group being built.
     pub fn push<'a, I>(&mut self, args: I)
     where
         I: IntoIterator<Item = &'a [u8]>,
@@ -125,35 +139,79 @@ impl Conn {
         self.pending += 1;
     }
 
-    /// Commands queued and not yet sent.
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
-    /// Sends the queued commands and appends their replies to `replies`, in order. Error
-    /// replies are returned as [`BytesFrame::Error`] for the caller to judge.
-    pub async fn send(
-        &mut self,
-        replies: &mut Vec<BytesFrame>,
-        stop: &Stop,
-    ) -> Result<(), ConnError> {
+    /// Closes the group being built and queues it for writing (after the `--rate` wait);
+    /// [`Conn::recv`] writes it while it reads. Returns whether there was a group: an empty
+    /// one is not submitted.
+    pub async fn submit(&mut self, stop: &Stop) -> bool {
         let n = std::mem::take(&mut self.pending);
         if n == 0 {
-            return Ok(());
+            return false;
         }
         if let Some(bucket) = &mut self.bucket {
             let wait = bucket.charge(n);
             if !wait.is_zero() {
-                // Stopping only shortens the wait: the batch is still sent and answered, so
+                // Stopping only shortens the wait: the group is still sent and answered, so
                 // the report never counts a half-answered batch.
                 stop.sleep(wait).await;
             }
         }
         self.commands += n as u64;
-        let out = self.out.split().freeze();
-        let mut off = 0;
+        if self.wbuf.is_empty() {
+            std::mem::swap(&mut self.wbuf, &mut self.out);
+        } else {
+            self.wbuf.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        self.groups.push_back(n);
+        // Start writing now: Redis works on this group while the caller is busy.
+        if let Err(e) = self.write_now() {
+            self.broken = Some(e);
+        }
+        true
+    }
+
+    /// Writes what the socket takes without waiting; returns whether anything was written.
+    fn write_now(&mut self) -> io::Result<bool> {
+        let mut wrote = false;
+        while !self.wbuf.is_empty() {
+            match self.write.try_write(&self.wbuf) {
+                Ok(0) => break,
+                Ok(k) => {
+                    self.wbuf.advance(k);
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Submits the group being built and reads its replies (nothing else may be in flight).
+    pub async fn send(
+        &mut self,
+        replies: &mut Vec<BytesFrame>,
+        stop: &Stop,
+    ) -> Result<(), ConnError> {
+        if self.submit(stop).await {
+            self.recv(replies).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the replies of the oldest group in flight to `replies`, in order, writing
+    /// what is queued meanwhile. Error replies are returned as [`BytesFrame::Error`] for the
+    /// caller to judge.
+    pub async fn recv(&mut self, replies: &mut Vec<BytesFrame>) -> Result<(), ConnError> {
+        if let Some(e) = self.broken.take() {
+            return Err(e.into());
+        }
+        let Some(n) = self.groups.pop_front() else {
+            return Ok(());
+        };
         let mut got = 0;
         loop {
+            let mut progressed = self.write_now()?;
             while got < n {
                 let Some(frame) = self
                     .scanner
@@ -163,26 +221,13 @@ impl Conn {
                     break;
                 };
                 let bytes = self.inbuf.split_to(frame.len).freeze();
-                match redis_protocol::resp2::decode::decode_bytes(&bytes) {
-                    Ok(Some((f, _))) => replies.push(f),
-                    Ok(None) => return Err(ConnError::Decode("incomplete frame".into())),
-                    Err(e) => return Err(ConnError::Decode(e.to_string())),
-                }
+                let mut at = 0;
+                replies.push(decode(&bytes, &mut at)?);
                 got += 1;
             }
             if got == n {
+                self.write_now()?;
                 return Ok(());
-            }
-            let mut progressed = false;
-            if off < out.len() {
-                match self.write.try_write(&out[off..]) {
-                    Ok(k) => {
-                        off += k;
-                        progressed = k > 0;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
             }
             if self.inbuf.capacity() - self.inbuf.len() < 16 * 1024 {
                 self.inbuf.reserve(64 * 1024);
@@ -197,7 +242,7 @@ impl Conn {
             }
             let wait = async {
                 // A TLS stream may hold sealed records after a write: they need writability.
-                if off < out.len() || self.write.has_pending_output() {
+                if !self.wbuf.is_empty() || self.write.has_pending_output() {
                     tokio::select! {
                         r = self.read.readable() => r,
                         w = self.write.writable() => w,
@@ -212,6 +257,42 @@ impl Conn {
             }
         }
     }
+}
+
+/// Decodes the reply at `at` in a frame the reply scanner has checked, so its line ends and
+/// lengths are known to be there; values are slices of `buf`, not copies.
+fn decode(buf: &Bytes, at: &mut usize) -> Result<BytesFrame, ConnError> {
+    let bad = || ConnError::Decode("malformed reply".into());
+    let start = *at + 1;
+    let end = start + memchr::memchr(b'\r', buf.get(start..).ok_or_else(bad)?).ok_or_else(bad)?;
+    let line = &buf[start..end];
+    let kind = buf[*at];
+    *at = end + 2;
+    Ok(match kind {
+        b'+' => BytesFrame::SimpleString(buf.slice(start..end)),
+        b'-' => BytesFrame::Error(String::from_utf8_lossy(line).into_owned().into()),
+        b':' => BytesFrame::Integer(string2ll(line).ok_or_else(bad)?),
+        b'$' | b'*' => {
+            let n = string2ll(line).ok_or_else(bad)?;
+            let Ok(n) = usize::try_from(n) else {
+                return Ok(BytesFrame::Null);
+            };
+            if kind == b'$' {
+                let v = buf.get(*at..*at + n).ok_or_else(bad)?;
+                let v = buf.slice_ref(v);
+                *at += n + 2;
+                BytesFrame::BulkString(v)
+            } else {
+                // The scanner bounded the count by the frame's length.
+                let mut items = Vec::with_capacity(n.min(buf.len() / 4));
+                for _ in 0..n {
+                    items.push(decode(buf, at)?);
+                }
+                BytesFrame::Array(items)
+            }
+        }
+        _ => return Err(bad()),
+    })
 }
 
 /// The text of a reply for error messages: errors and simple strings as they are, other
@@ -230,6 +311,38 @@ pub fn describe(f: &BytesFrame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_nested_arrays_nulls_errors_and_integers_as_slices() {
+        let buf = Bytes::from_static(
+            b"*2\r\n$1\r\n0\r\n*3\r\n$4\r\na\r\nb\r\n$-1\r\n:-2\r\n-WRONGTYPE x\r\n+string\r\n*-1\r\n",
+        );
+        let mut at = 0;
+        let f = decode(&buf, &mut at).unwrap();
+        let BytesFrame::Array(parts) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(parts[0], BytesFrame::BulkString(Bytes::from_static(b"0")));
+        assert_eq!(
+            parts[1],
+            BytesFrame::Array(vec![
+                BytesFrame::BulkString(Bytes::from_static(b"a\r\nb")),
+                BytesFrame::Null,
+                BytesFrame::Integer(-2),
+            ])
+        );
+        assert!(
+            matches!(decode(&buf, &mut at).unwrap(), BytesFrame::Error(e) if &*e == "WRONGTYPE x")
+        );
+        assert_eq!(
+            decode(&buf, &mut at).unwrap(),
+            BytesFrame::SimpleString(Bytes::from_static(b"string"))
+        );
+        assert_eq!(decode(&buf, &mut at).unwrap(), BytesFrame::Null);
+        assert_eq!(at, buf.len());
+        let mut at = 0;
+        assert!(decode(&Bytes::from_static(b"?x\r\n"), &mut at).is_err());
+    }
 
     #[test]
     fn bucket_lets_a_burst_through_then_spaces_batches_at_the_rate() {

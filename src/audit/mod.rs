@@ -181,7 +181,7 @@ pub struct Outcome {
 }
 
 /// Walks the configured upstream and builds the report. A stop request ends the walk after
-/// the batch in flight; the report then says it is partial.
+/// the batches in flight (at most three); the report then says it is partial.
 pub async fn run(config: &Config, opts: &Options, stop: &Stop) -> Result<Outcome, ConnError> {
     let default_policy = Policy::default();
     let policy: &Policy = config.policy.as_deref().unwrap_or(&default_policy);

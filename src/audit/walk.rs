@@ -1,9 +1,14 @@
-//! The keyspace walk: `SCAN` batch by batch (never `KEYS`), and per batch one pipeline of
-//! `TYPE`, `PTTL` and `MEMORY USAGE` for every key, one of `GET`/`HGETALL` for the values the
-//! sensitive rules need (under a size cap), and with `--fix-ttl --apply` one of the `PEXPIRE`
-//! fixes. Each key is judged by the proxy's own policy engine ([`Classifier`]) and folded into
-//! the [`Aggregate`]; nothing per key outlives its batch.
+//! The keyspace walk of one node: `SCAN` batch by batch (never `KEYS`), and per batch two
+//! pipelines. The probe asks every key's `PTTL`, `MEMORY USAGE` and either its `TYPE` or,
+//! in namespaces whose values the sensitive rules read and which hold mostly strings, its
+//! value (`GETRANGE` up to the cap: succeeding tells the type too). The follow-up asks what
+//! the probe left open: `TYPE` where `GETRANGE` met another type, `GET`/`HGETALL` for the
+//! values to read (under the size cap), and with `--fix-ttl --apply` the `PEXPIRE` fixes.
+//! Batches overlap so Redis never waits for the audit. Each key is judged by the proxy's own
+//! policy engine ([`Classifier`]) and folded into the [`Aggregate`]; nothing per key
+//! outlives its batch.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -102,26 +107,96 @@ impl<'p> Classifier<'p> {
     }
 }
 
-/// One key between the pipelines of its batch.
-struct Pending {
-    key: Bytes,
-    ns: NsId,
-    kind: Bytes,
-    pttl: Option<u64>,
-    bytes: u64,
-    fetch: Fetch,
-    inspection: Inspection,
-    sensitive: Vec<String>,
+/// The third command of a key's probe, next to `PTTL` and `MEMORY USAGE`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Third {
+    /// `TYPE key`.
+    Type,
+    /// `GETRANGE key 0 <cap - 1>`: a string's value (complete when `MEMORY USAGE` is within
+    /// the cap) and, by succeeding, its type; any other type answers `WRONGTYPE`.
+    GetRange,
 }
 
+/// Which value reads a key's follow-up carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fetch {
     None,
     Get,
     HGetAll,
+    /// The type is unknown: whichever of the two matches it answers.
+    Both,
 }
 
-/// Walks the keyspace until the end, `--sample` keys, or a stop request.
+impl Fetch {
+    fn get(self) -> bool {
+        matches!(self, Fetch::Get | Fetch::Both)
+    }
+    fn hgetall(self) -> bool {
+        matches!(self, Fetch::HGetAll | Fetch::Both)
+    }
+}
+
+/// One key whose probe is answered but whose follow-up (type, value, fix) is in flight.
+struct Pending {
+    key: Bytes,
+    ns: NsId,
+    /// `None` until the follow-up's `TYPE` answers.
+    kind: Option<Bytes>,
+    pttl: Option<u64>,
+    bytes: u64,
+    ttl: TtlFinding,
+    ask_type: bool,
+    fetch: Fetch,
+    fix: bool,
+    inspection: Inspection,
+    sensitive: Vec<String>,
+}
+
+/// A group of commands in flight on the connection, oldest first.
+enum Group {
+    /// A `SCAN` alone.
+    Scan,
+    /// Each key's probe, then the next `SCAN` when `scan`.
+    Probe {
+        keys: Vec<(Bytes, NsId, Third)>,
+        scan: bool,
+    },
+    /// Per key of `keys`, in order: `TYPE` when the probe could not tell it, the value
+    /// reads, the `PEXPIRE` fix.
+    Follow { keys: Vec<Pending> },
+}
+
+/// Value types seen per namespace, to choose each key's [`Third`]: reading a string's value
+/// in its probe saves a string its `TYPE`; for other types it costs one command (and hashes
+/// one more), so a namespace probes with `GETRANGE` while strings outnumber the other keys
+/// weighted by that cost.
+#[derive(Clone, Copy, Default)]
+struct Mix {
+    strings: u64,
+    hashes: u64,
+    others: u64,
+}
+
+impl Mix {
+    fn third(&self) -> Third {
+        if self.hashes + 2 * self.others <= self.strings {
+            Third::GetRange
+        } else {
+            Third::Type
+        }
+    }
+
+    fn count(&mut self, kind: &[u8]) {
+        match kind {
+            b"string" => self.strings += 1,
+            b"hash" => self.hashes += 1,
+            _ => self.others += 1,
+        }
+    }
+}
+
+/// Walks one node's keyspace over one connection until the end, `--sample` keys, or a stop
+/// request; the aggregate may already hold other nodes' keys.
 pub struct Walker<'a, 'p> {
     pub conn: &'a mut Conn,
     pub classifier: Classifier<'p>,
@@ -146,173 +221,348 @@ fn unexpected(command: &'static str, f: &BytesFrame) -> ConnError {
     }
 }
 
+fn wrong_type(f: &BytesFrame) -> bool {
+    matches!(f, BytesFrame::Error(e) if e.starts_with("WRONGTYPE"))
+}
+
+const STRING: Bytes = Bytes::from_static(b"string");
+
+/// The walk's state between groups.
+struct State {
+    groups: std::collections::VecDeque<Group>,
+    count: Bytes,
+    getrange_end: Bytes,
+    /// Keys whose probe was sent (for `--sample`).
+    sent: u64,
+    /// `SCAN` returned cursor 0.
+    complete: bool,
+    /// No further `SCAN` is sent (end, `--sample` or stop).
+    scan_done: bool,
+    /// `GETRANGE` or `MEMORY USAGE` was refused: every probe asks `TYPE`.
+    no_getrange: bool,
+    mix: HashMap<NsId, Mix>,
+}
+
 impl Walker<'_, '_> {
     /// Returns whether the walk reached the end of the keyspace.
+    ///
+    /// Up to three groups are in flight: while the audit judges the replies of batch N's
+    /// probe, Redis answers batch N+1's probe (sent as soon as N's probe brought its `SCAN`
+    /// reply) and batch N's follow-up, so Redis never waits for the audit.
     pub async fn run(&mut self) -> Result<bool, ConnError> {
-        let mut cursor = Bytes::from_static(b"0");
-        let mut replies = Vec::new();
-        let count = self.opts.batch.to_string();
+        let mut st = State {
+            groups: std::collections::VecDeque::new(),
+            count: Bytes::from(self.opts.batch.to_string()),
+            getrange_end: Bytes::from(self.opts.value_cap.saturating_sub(1).to_string()),
+            sent: 0,
+            complete: false,
+            scan_done: false,
+            no_getrange: self.opts.value_cap == 0,
+            mix: HashMap::new(),
+        };
         let started = Instant::now();
-        let mut prefetched: Option<BytesFrame> = None;
-        loop {
-            if self.stop.stopped() {
-                return Ok(false);
-            }
-            if self.opts.sample.is_some_and(|n| self.agg.keys >= n) {
-                return Ok(false);
-            }
-            let reply = match prefetched.take() {
-                Some(r) => r,
-                None => {
-                    replies.clear();
-                    self.conn
-                        .push([&b"SCAN"[..], &cursor, b"COUNT", count.as_bytes()]);
-                    self.conn.send(&mut replies, self.stop).await?;
-                    replies.pop().unwrap_or(BytesFrame::Null)
+        let mut replies = Vec::new();
+        self.conn
+            .push([&b"SCAN"[..], b"0", b"COUNT", &st.count[..]]);
+        self.conn.submit(self.stop).await;
+        st.groups.push_back(Group::Scan);
+        while let Some(group) = st.groups.pop_front() {
+            replies.clear();
+            self.conn.recv(&mut replies).await?;
+            match group {
+                Group::Scan => {
+                    let reply = replies.pop().unwrap_or(BytesFrame::Null);
+                    self.next_batch(&mut st, reply).await?;
                 }
-            };
-            let (next, keys) = match reply {
-                BytesFrame::Array(mut parts) if parts.len() == 2 => {
-                    let keys = match parts.pop() {
-                        Some(BytesFrame::Array(k)) => k,
-                        Some(other) => return Err(unexpected("SCAN", &other)),
-                        None => Vec::new(),
-                    };
-                    let next = parts.pop().as_ref().and_then(bulk).cloned();
-                    (next, keys)
+                Group::Probe { keys, scan } => {
+                    if scan {
+                        let reply = replies.pop().unwrap_or(BytesFrame::Null);
+                        self.next_batch(&mut st, reply).await?;
+                    }
+                    self.probed(&mut st, keys, &mut replies).await?;
                 }
-                other => return Err(unexpected("SCAN", &other)),
-            };
-            let Some(next) = next else {
-                return Err(unexpected("SCAN", &BytesFrame::Null));
-            };
-            let mut keys: Vec<Bytes> = keys.iter().filter_map(bulk).cloned().collect();
-            let mut last_sampled = false;
-            if let Some(n) = self.opts.sample {
-                let left = usize::try_from(n - self.agg.keys).unwrap_or(usize::MAX);
-                last_sampled = keys.len() >= left;
-                keys.truncate(left);
+                Group::Follow { keys } => self.followed(&mut st, keys, &replies)?,
             }
-            // The next SCAN rides in this batch's first pipeline: one round trip less.
-            let ahead = (&next[..] != b"0" && !last_sampled).then_some(&next);
-            prefetched = self
-                .batch(keys, ahead, count.as_bytes(), &mut replies)
-                .await?;
             self.progress.update(self.agg.keys, started);
-            if &next[..] == b"0" {
-                return Ok(true);
-            }
-            cursor = next;
         }
+        Ok(st.complete)
     }
 
-    /// Judges one batch of keys; with `scan_next`, also sends that SCAN and returns its reply.
-    async fn batch(
-        &mut self,
-        keys: Vec<Bytes>,
-        scan_next: Option<&Bytes>,
-        count: &[u8],
-        replies: &mut Vec<BytesFrame>,
-    ) -> Result<Option<BytesFrame>, ConnError> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        // 1. what each key is
-        for k in &keys {
-            self.conn.push([&b"TYPE"[..], k]);
-            self.conn.push([&b"PTTL"[..], k]);
-            self.conn.push([&b"MEMORY"[..], b"USAGE", k]);
-        }
-        if let Some(cursor) = scan_next {
-            self.conn.push([&b"SCAN"[..], cursor, b"COUNT", count]);
-        }
-        replies.clear();
-        self.conn.send(replies, self.stop).await?;
-        let scan_reply = match scan_next {
-            Some(_) => replies.pop(),
-            None => None,
+    /// Sends the probe of the keys in a `SCAN` reply, with the next `SCAN`.
+    async fn next_batch(&mut self, st: &mut State, reply: BytesFrame) -> Result<(), ConnError> {
+        let (next, keys) = match reply {
+            BytesFrame::Array(mut parts) if parts.len() == 2 => {
+                let keys = match parts.pop() {
+                    Some(BytesFrame::Array(k)) => k,
+                    Some(other) => return Err(unexpected("SCAN", &other)),
+                    None => Vec::new(),
+                };
+                let next = parts.pop().as_ref().and_then(bulk).cloned();
+                (next, keys)
+            }
+            other => return Err(unexpected("SCAN", &other)),
         };
-        let mut pending = Vec::with_capacity(keys.len());
-        let mut it = replies.drain(..);
+        let Some(next) = next else {
+            return Err(unexpected("SCAN", &BytesFrame::Null));
+        };
+        if self.stop.stopped() {
+            st.scan_done = true;
+            return Ok(());
+        }
+        let mut keys: Vec<Bytes> = keys.iter().filter_map(bulk).cloned().collect();
+        if &next[..] == b"0" {
+            st.complete = true;
+            st.scan_done = true;
+        }
+        if let Some(n) = self.opts.sample {
+            let left = usize::try_from(n - st.sent).unwrap_or(usize::MAX);
+            if keys.len() >= left {
+                // Keys left out: the walk stops short of the end.
+                st.complete &= keys.len() == left;
+                keys.truncate(left);
+                st.scan_done = true;
+            }
+        }
+        st.sent += keys.len() as u64;
+        let mut probe = Vec::with_capacity(keys.len());
         for key in keys {
-            let (Some(t), Some(p), Some(m)) = (it.next(), it.next(), it.next()) else {
-                return Err(unexpected("TYPE", &BytesFrame::Null));
+            let ns = self.classifier.namespace(&key);
+            let third = if !st.no_getrange && self.classifier.needs_values(ns) {
+                st.mix.get(&ns).copied().unwrap_or_default().third()
+            } else {
+                Third::Type
             };
-            let kind = match &t {
-                BytesFrame::SimpleString(s) | BytesFrame::BulkString(s) => s.clone(),
-                other => return Err(unexpected("TYPE", other)),
+            self.conn.push([&b"PTTL"[..], &key]);
+            self.conn.push([&b"MEMORY"[..], b"USAGE", &key]);
+            match third {
+                Third::Type => self.conn.push([&b"TYPE"[..], &key]),
+                Third::GetRange => {
+                    self.conn
+                        .push([&b"GETRANGE"[..], &key, b"0", &st.getrange_end[..]])
+                }
+            }
+            probe.push((key, ns, third));
+        }
+        let scan = !st.scan_done;
+        if scan {
+            self.conn
+                .push([&b"SCAN"[..], &next, b"COUNT", &st.count[..]]);
+        }
+        if !self.conn.submit(self.stop).await {
+            return Ok(());
+        }
+        st.groups.push_back(if probe.is_empty() {
+            Group::Scan
+        } else {
+            Group::Probe { keys: probe, scan }
+        });
+        Ok(())
+    }
+
+    /// Judges a batch's probe replies; keys that need nothing more are counted now, the
+    /// others go into the batch's follow-up.
+    async fn probed(
+        &mut self,
+        st: &mut State,
+        keys: Vec<(Bytes, NsId, Third)>,
+        replies: &mut Vec<BytesFrame>,
+    ) -> Result<(), ConnError> {
+        let mut pending = Vec::new();
+        let mut it = replies.drain(..);
+        let apply = self.fix.as_deref().is_some_and(|f| f.apply);
+        for (key, ns, third) in keys {
+            let (Some(p), Some(m), Some(x)) = (it.next(), it.next(), it.next()) else {
+                return Err(unexpected("PTTL", &BytesFrame::Null));
             };
             let pttl = match p {
-                BytesFrame::Integer(-2) => None,
-                BytesFrame::Integer(v) if v < 0 => None,
-                BytesFrame::Integer(v) => Some(v as u64),
+                BytesFrame::Integer(-2) => {
+                    self.agg.vanished += 1;
+                    continue;
+                }
+                BytesFrame::Integer(v) => u64::try_from(v).ok(),
                 ref other => return Err(unexpected("PTTL", other)),
             };
-            if &kind[..] == b"none" || matches!(p, BytesFrame::Integer(-2)) {
-                self.agg.vanished += 1;
-                continue;
-            }
-            // MEMORY USAGE can be refused (ACLs, renamed commands) or nil for a key that
-            // just vanished: the size is then unknown, counted as 0 and, since the value cap
-            // cannot be checked, the value is not read.
+            // MEMORY USAGE can be refused (ACLs, renamed commands): the size is then
+            // unknown, counted as 0 and, since the value cap cannot be checked, the value is
+            // not read. Nil means the key just vanished.
             let size = match m {
                 BytesFrame::Integer(v) => u64::try_from(v).ok(),
-                _ => None,
-            };
-            let bytes = size.unwrap_or(0);
-            let ns = self.classifier.namespace(&key);
-            let fetch = if !self.classifier.needs_values(ns) {
-                Fetch::None
-            } else {
-                match &kind[..] {
-                    b"string" => Fetch::Get,
-                    b"hash" => Fetch::HGetAll,
-                    _ => Fetch::None,
+                BytesFrame::Null => {
+                    self.agg.vanished += 1;
+                    continue;
+                }
+                _ => {
+                    st.no_getrange = true;
+                    None
                 }
             };
-            let (fetch, inspection) = match fetch {
-                Fetch::None => (Fetch::None, Inspection::NotNeeded),
-                _ if size.is_none_or(|b| b > self.opts.value_cap as u64) => {
-                    (Fetch::None, Inspection::TooLarge)
+            let within_cap = size.is_some_and(|b| b <= self.opts.value_cap as u64);
+            let needs_values = self.classifier.needs_values(ns);
+            let mut kind = None;
+            let mut fetch = Fetch::None;
+            let mut inspection = Inspection::NotNeeded;
+            let mut sensitive = Vec::new();
+            match (third, x) {
+                (Third::Type, BytesFrame::SimpleString(t) | BytesFrame::BulkString(t)) => {
+                    if &t[..] == b"none" {
+                        self.agg.vanished += 1;
+                        continue;
+                    }
+                    if needs_values && matches!(&t[..], b"string" | b"hash") {
+                        if within_cap {
+                            fetch = if &t[..] == b"string" {
+                                Fetch::Get
+                            } else {
+                                Fetch::HGetAll
+                            };
+                            inspection = Inspection::Inspected;
+                        } else {
+                            inspection = Inspection::TooLarge;
+                        }
+                    }
+                    kind = Some(t);
                 }
-                f => (f, Inspection::Inspected),
-            };
-            pending.push(Pending {
+                (Third::Type, other) => return Err(unexpected("TYPE", &other)),
+                (Third::GetRange, BytesFrame::BulkString(v)) => {
+                    if within_cap {
+                        inspection = Inspection::Inspected;
+                        self.classifier
+                            .sensitive("SET", &[b"SET", &key, &v], &mut sensitive);
+                    } else {
+                        inspection = Inspection::TooLarge;
+                    }
+                    kind = Some(STRING);
+                }
+                (Third::GetRange, other) => {
+                    // Not a string (WRONGTYPE), or GETRANGE refused: the follow-up asks the
+                    // type and reads whichever value it can be.
+                    if !wrong_type(&other) {
+                        st.no_getrange = true;
+                    }
+                    if within_cap {
+                        fetch = if wrong_type(&other) {
+                            Fetch::HGetAll
+                        } else {
+                            Fetch::Both
+                        };
+                    }
+                }
+            }
+            if let Some(t) = &kind {
+                st.mix.entry(ns).or_default().count(t);
+            }
+            let ttl = self.classifier.ttl(&key, ns, pttl);
+            let mut fix = false;
+            if let Some(plan) = self.fix.as_deref_mut() {
+                if let Some(f) = Fix::for_key(self.classifier.policy, ns, ttl) {
+                    plan.record(self.classifier.policy, ns, &key, f);
+                    if apply {
+                        let amount = f.ms().to_string();
+                        self.conn
+                            .push([&b"PEXPIRE"[..], &key, amount.as_bytes(), f.option()]);
+                        fix = true;
+                    }
+                }
+            }
+            let p = Pending {
+                ask_type: kind.is_none(),
                 key,
                 ns,
                 kind,
                 pttl,
-                bytes,
+                bytes: size.unwrap_or(0),
+                ttl,
                 fetch,
+                fix,
                 inspection,
-                sensitive: Vec::new(),
-            });
-        }
-        drop(it);
-
-        // 2. values the sensitive rules need
-        for p in &pending {
-            match p.fetch {
-                Fetch::Get => self.conn.push([&b"GET"[..], &p.key]),
-                Fetch::HGetAll => self.conn.push([&b"HGETALL"[..], &p.key]),
-                Fetch::None => {}
+                sensitive,
+            };
+            if p.ask_type || p.fetch != Fetch::None || p.fix {
+                if p.ask_type {
+                    self.conn.push([&b"TYPE"[..], &p.key]);
+                }
+                if p.fetch.get() {
+                    self.conn.push([&b"GET"[..], &p.key]);
+                }
+                if p.fetch.hgetall() {
+                    self.conn.push([&b"HGETALL"[..], &p.key]);
+                }
+                pending.push(p);
+            } else {
+                self.count(&p);
             }
         }
-        if self.conn.pending() > 0 {
-            replies.clear();
-            self.conn.send(replies, self.stop).await?;
-            let mut it = replies.iter();
-            for p in pending.iter_mut() {
-                if p.fetch == Fetch::None {
-                    continue;
+        drop(it);
+        if self.conn.submit(self.stop).await {
+            st.groups.push_back(Group::Follow { keys: pending });
+        }
+        Ok(())
+    }
+
+    /// Judges a batch's follow-up replies: per key, in order, the `PEXPIRE` fix, `TYPE`,
+    /// `GET`, `HGETALL` (each only where the key asked for it).
+    fn followed(
+        &mut self,
+        st: &mut State,
+        keys: Vec<Pending>,
+        replies: &[BytesFrame],
+    ) -> Result<(), ConnError> {
+        let mut it = replies.iter();
+        let mut next = |command| {
+            it.next()
+                .ok_or_else(|| unexpected(command, &BytesFrame::Null))
+        };
+        for mut p in keys {
+            if p.fix {
+                let r = next("PEXPIRE")?;
+                if let Some(plan) = self.fix.as_deref_mut() {
+                    match r {
+                        BytesFrame::Integer(1) => plan.report.changed += 1,
+                        BytesFrame::Integer(_) => plan.report.unchanged += 1,
+                        other => return Err(unexpected("PEXPIRE", other)),
+                    }
                 }
-                let Some(reply) = it.next() else { break };
-                match (p.fetch, reply) {
-                    (Fetch::Get, BytesFrame::BulkString(v)) => {
+            }
+            if p.ask_type {
+                match next("TYPE")? {
+                    BytesFrame::SimpleString(t) | BytesFrame::BulkString(t) => {
+                        p.kind = Some(t.clone())
+                    }
+                    other => return Err(unexpected("TYPE", other)),
+                }
+            }
+            let got = if p.fetch.get() {
+                Some(next("GET")?)
+            } else {
+                None
+            };
+            let hgot = if p.fetch.hgetall() {
+                Some(next("HGETALL")?)
+            } else {
+                None
+            };
+            let Some(kind) = p.kind.clone() else { continue };
+            if &kind[..] == b"none" {
+                self.agg.vanished += 1;
+                continue;
+            }
+            if p.ask_type {
+                st.mix.entry(p.ns).or_default().count(&kind);
+                if self.classifier.needs_values(p.ns) && matches!(&kind[..], b"string" | b"hash") {
+                    p.inspection = if p.fetch == Fetch::None {
+                        Inspection::TooLarge
+                    } else {
+                        Inspection::Inspected
+                    };
+                }
+            }
+            if p.fetch != Fetch::None {
+                match (&kind[..], got, hgot) {
+                    (b"string", Some(BytesFrame::BulkString(v)), _) => {
                         self.classifier
                             .sensitive("SET", &[b"SET", &p.key, v], &mut p.sensitive);
                     }
-                    (Fetch::HGetAll, BytesFrame::Array(items)) if !items.is_empty() => {
+                    (b"hash", _, Some(BytesFrame::Array(items))) if !items.is_empty() => {
                         let mut args: Vec<&[u8]> = Vec::with_capacity(items.len() + 2);
                         args.push(b"HSET");
                         args.push(&p.key);
@@ -321,54 +571,32 @@ impl Walker<'_, '_> {
                             self.classifier.sensitive("HSET", &args, &mut p.sensitive);
                         }
                     }
-                    // Changed type or vanished between the pipelines: not inspected.
+                    // Another type (not read), or the type changed or the key vanished
+                    // between the commands: not inspected.
                     _ => p.inspection = Inspection::NotNeeded,
                 }
             }
+            self.count(&p);
         }
+        Ok(())
+    }
 
-        // 3. verdicts, and the fixes
-        let mut fixes_sent = 0;
-        for p in &pending {
-            let ttl = self.classifier.ttl(&p.key, p.ns, p.pttl);
-            let kind = std::str::from_utf8(&p.kind).unwrap_or("(binary)");
-            self.agg.add(&KeyObs {
-                key: &p.key,
-                ns: p.ns,
-                kind,
-                pttl: p.pttl,
-                bytes: p.bytes,
-                ttl,
-                sensitive: &p.sensitive,
-                inspection: p.inspection,
-                refused_name: self.classifier.refuses_name(p.ns),
-            });
-            if let Some(plan) = self.fix.as_deref_mut() {
-                if let Some(fix) = Fix::for_key(self.classifier.policy, p.ns, ttl) {
-                    plan.record(self.classifier.policy, p.ns, &p.key, fix);
-                    if plan.apply {
-                        let amount = fix.ms().to_string();
-                        self.conn
-                            .push([&b"PEXPIRE"[..], &p.key, amount.as_bytes(), fix.option()]);
-                        fixes_sent += 1;
-                    }
-                }
-            }
-        }
-        if fixes_sent > 0 {
-            replies.clear();
-            self.conn.send(replies, self.stop).await?;
-            if let Some(plan) = self.fix.as_deref_mut() {
-                for r in replies.iter() {
-                    match r {
-                        BytesFrame::Integer(1) => plan.report.changed += 1,
-                        BytesFrame::Integer(_) => plan.report.unchanged += 1,
-                        other => return Err(unexpected("PEXPIRE", other)),
-                    }
-                }
-            }
-        }
-        Ok(scan_reply)
+    /// Folds one key into the aggregate.
+    fn count(&mut self, p: &Pending) {
+        let kind = p.kind.as_deref().map_or("(unknown)", |k| {
+            std::str::from_utf8(k).unwrap_or("(binary)")
+        });
+        self.agg.add(&KeyObs {
+            key: &p.key,
+            ns: p.ns,
+            kind,
+            pttl: p.pttl,
+            bytes: p.bytes,
+            ttl: p.ttl,
+            sensitive: &p.sensitive,
+            inspection: p.inspection,
+            refused_name: self.classifier.refuses_name(p.ns),
+        });
     }
 }
 
