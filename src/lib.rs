@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod config;

@@ -1,0 +1,258 @@
+//! Where a command goes in a cluster, decided once per command: the slot of its keys, split
+//! across slots, every primary, or answered here.
+//!
+//! Which commands may be split or sent to every primary is Redis's own per-command data: the
+//! `request_policy` and `response_policy` tips that Redis 7 publishes in `COMMAND DOCS`
+//! (`multi_shard` + `agg_sum` for `DEL`, `all_shards` + `all_succeeded` for `FLUSHDB`, ...).
+//! [`TIPS`] carries them by command-table row; everything without a tip and with keys in
+//! several slots gets Redis Cluster's own `CROSSSLOT` error, as the cluster would answer.
+
+use std::sync::OnceLock;
+
+use crate::codec::Argv;
+use crate::command::{self, CommandSpec, FindKeys, KeyRef};
+
+/// Redis Cluster's error for keys of one command in different slots.
+pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+/// What a Redis without cluster support answers to `CLUSTER ...`: cluster-aware clients
+/// then stay in single-node mode against the proxy, which does the routing for them.
+pub const NO_CLUSTER: &[u8] = b"-ERR This instance has cluster support disabled\r\n";
+
+/// How the replies of a command sent to several nodes become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// `MGET`: one array, elements in the order of the client's keys.
+    KeysInOrder,
+    /// `agg_sum`: integers added up (`DEL`, `EXISTS`, `DBSIZE`).
+    Sum,
+    /// `all_succeeded`: the first reply if every node succeeded, else the first error.
+    AllSucceeded,
+    /// Arrays concatenated (`KEYS`).
+    Concat,
+    /// The first non-nil reply (`RANDOMKEY`).
+    AnyNonNil,
+}
+
+/// A command's cluster tip: Redis's request and response policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tip {
+    /// Keys of one slot, or no keys (then any node).
+    Default,
+    /// `request_policy:multi_shard`: split by slot, keys kept in their argument groups.
+    MultiShard(Merge),
+    /// `request_policy:all_shards`: the same command to every primary.
+    AllShards(Merge),
+    /// `SCAN`: every primary in turn, the node carried in the cursor.
+    Scan,
+    /// `CLUSTER ...`: answered as a node without cluster support.
+    NotCluster,
+}
+
+/// Redis 7's tips, by command-table row name.
+const TIPS: &[(&str, Tip)] = &[
+    ("MGET", Tip::MultiShard(Merge::KeysInOrder)),
+    ("DEL", Tip::MultiShard(Merge::Sum)),
+    ("UNLINK", Tip::MultiShard(Merge::Sum)),
+    ("EXISTS", Tip::MultiShard(Merge::Sum)),
+    ("TOUCH", Tip::MultiShard(Merge::Sum)),
+    ("MSET", Tip::MultiShard(Merge::AllSucceeded)),
+    ("DBSIZE", Tip::AllShards(Merge::Sum)),
+    ("FLUSHDB", Tip::AllShards(Merge::AllSucceeded)),
+    ("FLUSHALL", Tip::AllShards(Merge::AllSucceeded)),
+    ("KEYS", Tip::AllShards(Merge::Concat)),
+    ("RANDOMKEY", Tip::AllShards(Merge::AnyNonNil)),
+    ("SCRIPT|LOAD", Tip::AllShards(Merge::AllSucceeded)),
+    ("SCRIPT|FLUSH", Tip::AllShards(Merge::AllSucceeded)),
+    ("FUNCTION|LOAD", Tip::AllShards(Merge::AllSucceeded)),
+    ("FUNCTION|DELETE", Tip::AllShards(Merge::AllSucceeded)),
+    ("FUNCTION|FLUSH", Tip::AllShards(Merge::AllSucceeded)),
+    ("FUNCTION|RESTORE", Tip::AllShards(Merge::AllSucceeded)),
+    ("SCAN", Tip::Scan),
+];
+
+/// The tip of a command-table row.
+pub fn tip(spec: &CommandSpec) -> Tip {
+    static TABLE: OnceLock<Box<[Tip]>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = vec![Tip::Default; CommandSpec::count()];
+        for (name, tip) in TIPS {
+            if let Some(row) = row(name) {
+                if let Some(cell) = t.get_mut(row.index()) {
+                    *cell = *tip;
+                }
+            }
+        }
+        if let Some(c) = command::lookup_name(b"CLUSTER") {
+            for sub in std::iter::once(c).chain(c.subcommands.iter()) {
+                if let Some(cell) = t.get_mut(sub.index()) {
+                    *cell = Tip::NotCluster;
+                }
+            }
+        }
+        t.into_boxed_slice()
+    });
+    table.get(spec.index()).copied().unwrap_or(Tip::Default)
+}
+
+/// The row named `CONTAINER|SUB` or `NAME`.
+fn row(name: &str) -> Option<&'static CommandSpec> {
+    match name.split_once('|') {
+        Some((c, s)) => command::lookup_name(c.as_bytes())?
+            .subcommands
+            .iter()
+            .find(|r| r.name == name && !s.is_empty()),
+        None => command::lookup_name(name.as_bytes()),
+    }
+}
+
+/// The slot of a key (CRC16 of the key, or of its `{hash tag}`).
+pub fn slot(key: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(key)
+}
+
+/// Where one client command goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To the node of this slot (`None`: keyless, any node).
+    One(Option<u16>),
+    /// Split by slot: per part its slot and the argv indices of its key groups.
+    Split {
+        merge: Merge,
+        /// Arguments per key group (`MSET`: key and value).
+        group: usize,
+        parts: Vec<(u16, Vec<usize>)>,
+    },
+    AllShards(Merge),
+    Scan,
+    /// Answered here with these bytes.
+    Local(&'static [u8]),
+}
+
+/// Decides the route of `argv` (`spec` is its row, `None` for unknown commands, which go to
+/// any node and get Redis's own error). `keys` is scratch space.
+pub fn route(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, keys: &mut Vec<KeyRef>) -> Route {
+    let Some(spec) = spec else {
+        return Route::One(None);
+    };
+    let tip = tip(spec);
+    match tip {
+        Tip::NotCluster => return Route::Local(NO_CLUSTER),
+        Tip::AllShards(m) => return Route::AllShards(m),
+        Tip::Scan => return Route::Scan,
+        Tip::Default | Tip::MultiShard(_) => {}
+    }
+    if !spec.has_keys() || spec.keys(argv, keys).is_err() {
+        // Wrong arity and the like: any node answers with Redis's own error.
+        return Route::One(None);
+    }
+    let mut slots = keys.iter().filter_map(|k| argv.get(k.index)).map(slot);
+    let Some(first) = slots.next() else {
+        return Route::One(None);
+    };
+    if slots.all(|s| s == first) {
+        return Route::One(Some(first));
+    }
+    let Tip::MultiShard(merge) = tip else {
+        return Route::Local(CROSSSLOT);
+    };
+    let group = match spec.key_specs.first().map(|s| s.find) {
+        Some(FindKeys::Range { step, .. }) if step > 0 => step as usize,
+        _ => 1,
+    };
+    let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+    for k in keys.iter() {
+        let Some(key) = argv.get(k.index) else {
+            continue;
+        };
+        let s = slot(key);
+        match parts.iter_mut().find(|(ps, _)| *ps == s) {
+            Some((_, idx)) => idx.push(k.index),
+            None => parts.push((s, vec![k.index])),
+        }
+    }
+    Route::Split {
+        merge,
+        group,
+        parts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::OwnedArgv;
+
+    fn route_of(args: &[&[u8]]) -> Route {
+        let owned = OwnedArgv::new(args);
+        let argv = owned.argv();
+        let spec = command::lookup(&argv);
+        route(&argv, spec, &mut Vec::new())
+    }
+
+    #[test]
+    fn key_slots_follow_redis_including_hash_tags() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn keys_of_one_slot_go_to_that_slot_unchanged() {
+        assert_eq!(route_of(&[b"GET", b"foo"]), Route::One(Some(12182)));
+        assert_eq!(
+            route_of(&[b"MGET", b"{t}a", b"{t}b"]),
+            Route::One(Some(slot(b"t")))
+        );
+        assert_eq!(route_of(&[b"PING"]), Route::One(None));
+    }
+
+    #[test]
+    fn multi_shard_commands_split_by_slot_in_key_groups() {
+        let Route::Split {
+            merge,
+            group,
+            parts,
+        } = route_of(&[b"MSET", b"a", b"1", b"b", b"2", b"{a}x", b"3"])
+        else {
+            panic!("MSET across slots splits");
+        };
+        assert_eq!(merge, Merge::AllSucceeded);
+        assert_eq!(group, 2);
+        assert_eq!(parts, vec![(slot(b"a"), vec![1, 5]), (slot(b"b"), vec![3])]);
+        assert!(matches!(
+            route_of(&[b"DEL", b"a", b"b"]),
+            Route::Split {
+                merge: Merge::Sum,
+                group: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn atomic_commands_across_slots_get_crossslot() {
+        for args in [
+            &[&b"MSETNX"[..], b"a", b"1", b"b", b"2"][..],
+            &[b"RENAME", b"a", b"b"],
+            &[b"SMOVE", b"a", b"b", b"m"],
+            &[b"SINTERSTORE", b"a", b"b"],
+            &[b"EVAL", b"return 1", b"2", b"a", b"b"],
+        ] {
+            assert_eq!(route_of(args), Route::Local(CROSSSLOT), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn whole_keyspace_and_cluster_commands() {
+        assert_eq!(route_of(&[b"DBSIZE"]), Route::AllShards(Merge::Sum));
+        assert_eq!(route_of(&[b"SCAN", b"0"]), Route::Scan);
+        assert_eq!(route_of(&[b"CLUSTER", b"SLOTS"]), Route::Local(NO_CLUSTER));
+        assert_eq!(
+            route_of(&[b"SCRIPT", b"LOAD", b"return 1"]),
+            Route::AllShards(Merge::AllSucceeded)
+        );
+    }
+}
