@@ -158,6 +158,16 @@ struct RawUpstream {
     read_timeout: Option<Spanned<String>>,
     shared_connections: Option<Spanned<u64>>,
     tls: Option<RawUpstreamTls>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    seeds: Option<Vec<Spanned<String>>>,
+    refresh_interval: Option<Spanned<String>>,
+    max_redirects: Option<Spanned<u64>>,
+    retry_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -233,6 +243,9 @@ pub struct UpstreamConfig {
     pub shared_connections: usize,
     /// Set for `rediss://` URLs.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// Set when the upstream is a Redis Cluster: the URL's scheme, credentials and TLS
+    /// settings then apply to every node, and its address is the first seed.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A Unix socket listener for clients on the same host (a pod's shared volume).
@@ -349,6 +362,24 @@ fn first_line(s: &str) -> String {
 }
 
 /// Parses `1h`, `30m`, `15s`, `250ms`, or a bare number of seconds.
+/// A cluster seed: `host:port`.
+fn parse_seed(s: &str) -> Result<crate::cluster::NodeAddr, String> {
+    let bad = || format!("expected host:port, got {s:?}");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok(crate::cluster::NodeAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -831,6 +862,48 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         Some(v) => Some(v.value as usize),
         None => None,
     };
+    let cluster = up.cluster.as_ref().map(|c| {
+        let mut cc = crate::cluster::ClusterConfig::default();
+        for seed in c.seeds.iter().flatten() {
+            match parse_seed(&seed.value) {
+                Ok(a) => cc.seeds.push(a),
+                Err(e) => p.at(seed, "upstream.cluster.seeds", e),
+            }
+        }
+        cc.refresh_interval = duration(
+            &c.refresh_interval,
+            "upstream.cluster.refresh_interval",
+            cc.refresh_interval,
+            &mut p,
+        );
+        if cc.refresh_interval < crate::cluster::MIN_REFRESH_GAP {
+            if let Some(v) = &c.refresh_interval {
+                p.at(
+                    v,
+                    "upstream.cluster.refresh_interval",
+                    "must be at least 1s",
+                );
+            }
+        }
+        cc.retry_timeout = duration(
+            &c.retry_timeout,
+            "upstream.cluster.retry_timeout",
+            cc.retry_timeout,
+            &mut p,
+        );
+        match &c.max_redirects {
+            Some(v) if v.value == 0 || v.value > 100 => {
+                p.at(
+                    v,
+                    "upstream.cluster.max_redirects",
+                    "must be between 1 and 100",
+                );
+            }
+            Some(v) => cc.max_redirects = v.value as u32,
+            None => {}
+        }
+        cc
+    });
     let shutdown_grace = duration(
         &raw.shutdown_grace,
         "shutdown_grace",
@@ -953,6 +1026,37 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         Some(v) => v,
         None => return Err(ConfigErrors(p.list)),
     };
+    let cluster = match (cluster, &addr) {
+        (Some(mut c), UpstreamAddr::Tcp { host, port }) => {
+            let first = crate::cluster::NodeAddr {
+                host: host.clone(),
+                port: *port,
+            };
+            if !c.seeds.contains(&first) {
+                c.seeds.insert(0, first);
+            }
+            if db != 0 {
+                p.add(
+                    url_line,
+                    "upstream.url",
+                    "a Redis Cluster serves database 0 only: drop the database from the URL",
+                );
+            }
+            Some(c)
+        }
+        (Some(_), UpstreamAddr::Unix(_)) => {
+            p.add(
+                url_line,
+                "upstream.cluster",
+                "a Redis Cluster upstream needs a redis:// or rediss:// URL (the nodes are reached over TCP)",
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    if !p.is_empty() {
+        return Err(ConfigErrors(p.list));
+    }
     let (Some(listen), policy) = (listen, policy.flatten()) else {
         return Err(ConfigErrors(p.list));
     };
@@ -970,6 +1074,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             read_timeout,
             shared_connections,
             tls: upstream_tls,
+            cluster,
         },
         limits,
         max_clients,

@@ -493,7 +493,11 @@ pub async fn serve(
             max_inline_len: cfg.max_buffered_bytes,
             ..limits
         },
-        mux: shared.pool().and_then(|p| p.pick()).map(|jobs| {
+        mux: match shared.cluster() {
+            Some(c) => Some(c.client()),
+            None => shared.pool().and_then(|p| p.pick()),
+        }
+        .map(|jobs| {
             let (reply_tx, replies) = mpsc::unbounded_channel();
             Mux {
                 jobs,
@@ -1156,6 +1160,36 @@ impl Conn {
                 self.quiet = self.take_quiet();
                 self.push_local(Bytes::from_static(b"+OK\r\n"), Outcome::Ok, cmd);
                 self.closing = true;
+                return true;
+            }
+            if self.shared.cluster().is_some() {
+                // A Redis Cluster upstream has no connection of one node to pin to. The
+                // policy's refusal still comes first, as it would on one node.
+                self.quiet = self.take_quiet();
+                let verdict = match &self.policy {
+                    Some(p) => p.check(&argv, spec, &mut self.scratch),
+                    None => Verdict::Forward,
+                };
+                match verdict {
+                    Verdict::Reject(r) => {
+                        self.refuse(&r.message, cmd);
+                        return true;
+                    }
+                    Verdict::Respond(bytes) => {
+                        self.push_local(bytes, Outcome::Ok, cmd);
+                        return true;
+                    }
+                    _ => {}
+                }
+                self.scratch.namespace = NS_NONE;
+                self.scratch.clear();
+                let reply = crate::cluster::route::stateful_reply(&argv, spec);
+                let outcome = if reply.starts_with(b"-") {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                };
+                self.push_local(reply, outcome, cmd);
                 return true;
             }
             if !self.pending.is_empty() || !self.uout.is_empty() {

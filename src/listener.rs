@@ -51,6 +51,8 @@ pub struct Shared {
     pub output_bytes: AtomicUsize,
     /// Shared upstream connections for clients without connection state, if enabled.
     pool: OnceLock<Pool>,
+    /// The cluster upstream, when the upstream is a Redis Cluster.
+    cluster: OnceLock<crate::cluster::Cluster>,
     /// The most clients the open file limit allows (see [`clients_for_descriptors`]).
     client_cap: AtomicUsize,
 }
@@ -65,6 +67,7 @@ impl Shared {
             metrics: Metrics::new(),
             ns_table: Mutex::new(None),
             pool: OnceLock::new(),
+            cluster: OnceLock::new(),
             clients: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
             client_cap: AtomicUsize::new(usize::MAX),
@@ -153,6 +156,11 @@ impl Shared {
         self.pool.get()
     }
 
+    /// The cluster upstream, when `upstream.cluster` is configured.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get()
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
@@ -239,7 +247,17 @@ impl Proxy {
                 );
             }
         }
-        if shared_conns > 0 {
+        let cfg = shared.config();
+        if let Some(c) = &cfg.upstream.cluster {
+            let metrics = crate::cluster::metrics::Recorded::new(shared.metrics.registry());
+            let _ = shared.cluster.set(crate::cluster::Cluster::start(
+                c.clone(),
+                cfg.upstream.clone(),
+                cfg.limits,
+                cfg.max_client_output,
+                Arc::new(metrics),
+            ));
+        } else if shared_conns > 0 {
             let _ = shared
                 .pool
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));

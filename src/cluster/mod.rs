@@ -14,6 +14,7 @@
 //! `MOVED` or an unreachable node says the map is stale, at most once a second
 //! ([`MIN_REFRESH_GAP`]); requests while a refresh runs or waits are folded into it.
 
+pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod router;
@@ -71,6 +72,8 @@ pub trait ClusterMetrics: Send + Sync {
     fn refresh(&self, ok: bool);
     /// A batch answered by `node`, how long it took, and whether the node failed it.
     fn node_batch(&self, node: &str, latency: Duration, failed: bool);
+    /// The nodes in the topology now: figures of any other node are no longer recorded.
+    fn forget_except(&self, _keep: &[String]) {}
 }
 
 /// Metrics that go nowhere (unit tests, benchmarks of the router alone).
@@ -303,6 +306,7 @@ impl Inner {
             .map(|a| a.to_string())
             .collect();
         self.nodes.retain(|k, _| keep.contains(k));
+        self.metrics.forget_except(&keep);
         *write(&self.map) = Arc::new(map);
     }
 }

@@ -9,6 +9,8 @@
 
 use std::sync::OnceLock;
 
+use bytes::Bytes;
+
 use crate::codec::Argv;
 use crate::command::{self, CommandSpec, FindKeys, KeyRef};
 
@@ -46,6 +48,8 @@ pub enum Tip {
     Scan,
     /// `CLUSTER ...`: answered as a node without cluster support.
     NotCluster,
+    /// `SELECT`: database 0 only, as in Redis Cluster.
+    SelectZeroOnly,
 }
 
 /// Redis 7's tips, by command-table row name.
@@ -68,6 +72,7 @@ const TIPS: &[(&str, Tip)] = &[
     ("FUNCTION|FLUSH", Tip::AllShards(Merge::AllSucceeded)),
     ("FUNCTION|RESTORE", Tip::AllShards(Merge::AllSucceeded)),
     ("SCAN", Tip::Scan),
+    ("SELECT", Tip::SelectZeroOnly),
 ];
 
 /// The tip of a command-table row.
@@ -110,6 +115,37 @@ pub fn slot(key: &[u8]) -> u16 {
     redis_protocol::redis_keyslot(key)
 }
 
+/// Redis Cluster's answer to `SELECT`.
+fn select_reply(argv: &Argv<'_>) -> &'static [u8] {
+    match argv.get(1) {
+        Some(b"0") if argv.len() == 2 => b"+OK\r\n",
+        Some(_) if argv.len() == 2 => b"-ERR SELECT is not allowed in cluster mode\r\n",
+        _ => b"-ERR wrong number of arguments for 'select' command\r\n",
+    }
+}
+
+/// The answer to a command that needs a connection of its own (transactions, blocking
+/// commands, pub/sub, connection settings) with a cluster upstream: a shared node connection
+/// cannot carry it, and no dedicated per-node connection is made for it.
+pub fn stateful_reply(argv: &Argv<'_>, spec: Option<&'static CommandSpec>) -> Bytes {
+    if let Some(s) = spec {
+        if tip(s) == Tip::SelectZeroOnly {
+            return Bytes::from_static(select_reply(argv));
+        }
+    }
+    let name = spec.map_or("this command", |s| s.name);
+    let mut b = bytes::BytesMut::new();
+    crate::codec::encode_error(
+        &mut b,
+        &format!(
+            "ERR '{name}' needs a connection of its own, which respguard does not provide with a \
+             Redis Cluster upstream (transactions, blocking commands, pub/sub and connection \
+             settings are not supported in cluster mode)"
+        ),
+    );
+    b.freeze()
+}
+
 /// Where one client command goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -137,6 +173,7 @@ pub fn route(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, keys: &mut Vec
     let tip = tip(spec);
     match tip {
         Tip::NotCluster => return Route::Local(NO_CLUSTER),
+        Tip::SelectZeroOnly => return Route::Local(select_reply(argv)),
         Tip::AllShards(m) => return Route::AllShards(m),
         Tip::Scan => return Route::Scan,
         Tip::Default | Tip::MultiShard(_) => {}

@@ -229,3 +229,45 @@ pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
         })
         .collect()
 }
+
+/// `yaml` with `upstream.cluster` naming every node of `cluster` as a seed (plus
+/// `extra`, `key: value` lines under `upstream.cluster`). `yaml` must have an `upstream:`
+/// section or none.
+pub fn with_cluster(yaml: &str, cluster: &RedisCluster, extra: &str) -> String {
+    let seeds = cluster
+        .seeds()
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let block = format!("  cluster:\n    seeds: [{seeds}]\n{extra}");
+    if yaml.contains("\nupstream:\n") {
+        yaml.replacen("\nupstream:\n", &format!("\nupstream:\n{block}"), 1)
+    } else {
+        format!("{yaml}\nupstream:\n{block}")
+    }
+}
+
+/// respguard in this process in front of `cluster` (seeded with every node), configured by
+/// `yaml`; waits until it has read the cluster's topology.
+pub async fn cluster_proxy(yaml: &str, cluster: &RedisCluster) -> respguard::Proxy {
+    let url = format!("redis://{}", cluster.seeds()[0]);
+    let p = super::inproc::proxy(&with_cluster(yaml, cluster, ""), &url).await;
+    wait_cluster_ready(&p).await;
+    p
+}
+
+/// Waits (up to 10 s) until the proxy's cluster upstream has a complete slot map.
+pub async fn wait_cluster_ready(p: &respguard::Proxy) {
+    let ok = super::eventually(Duration::from_secs(10), || async {
+        p.shared.cluster().is_some_and(|c| c.ready().is_ok())
+    })
+    .await;
+    assert!(ok, "the proxy never read the cluster's topology");
+}
+
+/// The example policy (config/example.yaml).
+pub fn example_yaml() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
+    std::fs::read_to_string(path).expect("config/example.yaml")
+}
