@@ -16,6 +16,8 @@ pub const NODE_TIMEOUT_MS: u64 = 1000;
 /// A running cluster. `nodes[i]` is `None` once the test killed it.
 pub struct RedisCluster {
     pub nodes: Vec<Option<RedisServer>>,
+    /// The cluster bus port of each node, to restart it where it was.
+    bus_ports: Vec<u16>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -32,27 +34,20 @@ pub struct NodeInfo {
 impl RedisCluster {
     /// Starts 3 primaries and 3 replicas and waits until the cluster serves every slot.
     pub fn start() -> RedisCluster {
-        let timeout = NODE_TIMEOUT_MS.to_string();
-        let nodes: Vec<Option<RedisServer>> = (0..6)
-            .map(|_| {
-                // The bus port must be free too: the default (port + 10000) may not be.
-                let bus = free_port().to_string();
-                Some(RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    &timeout,
-                    // A replica may take over however long its link was down.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ]))
+        // The bus port must be free too: the default (port + 10000) may not be.
+        let bus_ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let nodes = bus_ports
+            .iter()
+            .map(|&bus| {
+                Some(RedisServer::start_with(
+                    &node_args(bus)
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                ))
             })
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, bus_ports };
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for n in cluster.nodes.iter().flatten() {
@@ -122,6 +117,28 @@ impl RedisCluster {
         }
     }
 
+    /// Kills every node (SIGKILL), keeping their directories (and cluster configuration).
+    pub fn kill_all(&mut self) {
+        for n in self.nodes.iter_mut().flatten() {
+            n.kill();
+        }
+    }
+
+    /// Starts every node again where it was, after [`RedisCluster::kill_all`]: they read
+    /// their cluster configuration back and form the same cluster (with no data).
+    pub fn restart_all(&mut self) {
+        for (slot, &bus) in self.nodes.iter_mut().zip(&self.bus_ports) {
+            if let Some(old) = slot.as_ref() {
+                let port = old.port;
+                let args = node_args(bus);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                // The old value's drop would remove the directory the new server uses.
+                std::mem::forget(slot.take());
+                *slot = Some(RedisServer::start_on(port, &args));
+            }
+        }
+    }
+
     /// Waits until every live node reports `cluster_state:ok` and all of them agree that
     /// each of the 16384 slots is served by a live primary.
     pub fn wait_ok(&self, limit: Duration) {
@@ -183,6 +200,26 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `redis-server` options of a cluster node whose bus listens on `bus`.
+fn node_args(bus: u16) -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &bus.to_string(),
+        "--cluster-node-timeout",
+        &NODE_TIMEOUT_MS.to_string(),
+        // A replica may take over however long its link was down.
+        "--cluster-replica-validity-factor",
+        "0",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Runs `redis-cli -p PORT args...`; its output, or `None` when the node did not answer.
