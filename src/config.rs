@@ -242,10 +242,52 @@ pub struct UpstreamConfig {
     /// client its own from the start.
     pub shared_connections: usize,
     /// Set for `rediss://` URLs.
-    pub tls: Option<crate::tls::UpstreamTls>,
+    pub tls: Option<crate::net::tls::UpstreamTls>,
     /// Set when the upstream is a Redis Cluster: the URL's scheme, credentials and TLS
     /// settings then apply to every node, and its address is the first seed.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A cluster node's address, as a seed or as the topology names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Refreshes of a cluster's slot map are at least this far apart.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
+
+/// `upstream.cluster` in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Nodes asked for the topology at start (any node of the cluster will do).
+    pub seeds: Vec<NodeAddr>,
+    /// How often the slot map is read again without being told it is stale.
+    pub refresh_interval: Duration,
+    /// How many `MOVED`/`ASK` redirections one command may follow.
+    pub max_redirects: u32,
+    /// How long a command may wait, retrying with backoff, for a node that is unreachable or
+    /// answers `TRYAGAIN`/`CLUSTERDOWN` (a failover in progress) before the client gets the
+    /// error.
+    pub retry_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seeds: Vec::new(),
+            refresh_interval: Duration::from_secs(10),
+            max_redirects: 5,
+            retry_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A Unix socket listener for clients on the same host (a pod's shared volume).
@@ -261,7 +303,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub unix_socket: Option<UnixListen>,
     /// A TLS listener, next to the plain one.
-    pub tls: Option<crate::tls::ListenerTls>,
+    pub tls: Option<crate::net::tls::ListenerTls>,
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
@@ -363,7 +405,7 @@ fn first_line(s: &str) -> String {
 
 /// Parses `1h`, `30m`, `15s`, `250ms`, or a bare number of seconds.
 /// A cluster seed: `host:port`.
-fn parse_seed(s: &str) -> Result<crate::cluster::NodeAddr, String> {
+fn parse_seed(s: &str) -> Result<NodeAddr, String> {
     let bad = || format!("expected host:port, got {s:?}");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -374,7 +416,7 @@ fn parse_seed(s: &str) -> Result<crate::cluster::NodeAddr, String> {
     if port == 0 {
         return Err(bad());
     }
-    Ok(crate::cluster::NodeAddr {
+    Ok(NodeAddr {
         host: host.to_string(),
         port,
     })
@@ -560,8 +602,8 @@ fn upstream_tls(
     addr: Option<&UpstreamAddr>,
     url_line: Option<u64>,
     p: &mut Problems<'_>,
-) -> Option<crate::tls::UpstreamTls> {
-    use crate::tls::{TlsField, TlsFiles, UpstreamTls};
+) -> Option<crate::net::tls::UpstreamTls> {
+    use crate::net::tls::{TlsField, TlsFiles, UpstreamTls};
     let empty = RawUpstreamTls::default();
     let t = raw.unwrap_or(&empty);
     let all = [&t.ca_file, &t.cert_file, &t.key_file, &t.server_name];
@@ -580,14 +622,14 @@ fn upstream_tls(
         UpstreamAddr::Unix(_) => return None,
     };
     let name = match &t.server_name {
-        Some(v) => match crate::tls::server_name(&v.value) {
+        Some(v) => match crate::net::tls::server_name(&v.value) {
             Ok(n) => n,
             Err(e) => {
                 p.at(v, "upstream.tls.server_name", e);
                 return None;
             }
         },
-        None => match crate::tls::server_name(&host) {
+        None => match crate::net::tls::server_name(&host) {
             Ok(n) => n,
             Err(e) => {
                 p.add(url_line, "upstream.url", e);
@@ -654,8 +696,11 @@ fn unix_listen(raw: &RawUnixSocket, p: &mut Problems<'_>) -> Option<UnixListen> 
     })
 }
 
-fn listener_tls(raw: &RawListenerTls, p: &mut Problems<'_>) -> Option<crate::tls::ListenerTls> {
-    use crate::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
+fn listener_tls(
+    raw: &RawListenerTls,
+    p: &mut Problems<'_>,
+) -> Option<crate::net::tls::ListenerTls> {
+    use crate::net::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
     let all = [
         &raw.listen,
         &raw.cert_file,
@@ -863,7 +908,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         None => None,
     };
     let cluster = up.cluster.as_ref().map(|c| {
-        let mut cc = crate::cluster::ClusterConfig::default();
+        let mut cc = ClusterConfig::default();
         for seed in c.seeds.iter().flatten() {
             match parse_seed(&seed.value) {
                 Ok(a) => cc.seeds.push(a),
@@ -876,7 +921,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             cc.refresh_interval,
             &mut p,
         );
-        if cc.refresh_interval < crate::cluster::MIN_REFRESH_GAP {
+        if cc.refresh_interval < MIN_REFRESH_GAP {
             if let Some(v) = &c.refresh_interval {
                 p.at(
                     v,
@@ -1028,7 +1073,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
     };
     let cluster = match (cluster, &addr) {
         (Some(mut c), UpstreamAddr::Tcp { host, port }) => {
-            let first = crate::cluster::NodeAddr {
+            let first = NodeAddr {
                 host: host.clone(),
                 port: *port,
             };

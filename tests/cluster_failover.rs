@@ -25,7 +25,7 @@ async fn a_killed_primary_fails_only_commands_in_flight_and_its_replica_takes_ov
     let key = (0..10_000)
         .map(|i| format!("fo:{i}"))
         .find(|k| {
-            let s = respguard::cluster::route::slot(k.as_bytes());
+            let s = respguard::upstream::cluster::route::slot(k.as_bytes());
             victim.slots.iter().any(|&(a, b)| a <= s && s <= b)
         })
         .expect("a key on the victim");

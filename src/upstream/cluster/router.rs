@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, Argv, Limits, ReplyScanner, Request, Span};
 use crate::command::{self, KeyRef};
-use crate::multiplex::{Job, SharedReply, CLIENT_BUFFER};
+use crate::upstream::{Job, SharedReply, CLIENT_BUFFER};
 
 use super::node::NodeReply;
 use super::route::{self, Merge, Route};

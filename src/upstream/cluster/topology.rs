@@ -8,6 +8,8 @@ use bytes::Bytes;
 use redis_protocol::resp2::decode::decode_bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
+pub use crate::config::NodeAddr;
+
 /// Slots in a Redis Cluster.
 pub const SLOTS: usize = 16384;
 /// A slot nobody serves.
@@ -22,19 +24,6 @@ pub enum TopologyError {
     Malformed(&'static str),
     #[error("the node serves no slots: the cluster is not set up")]
     Empty,
-}
-
-/// One node as the topology names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
 }
 
 /// Which primary serves each slot, and the replicas known, as of one refresh.

@@ -7,7 +7,7 @@
 //! - [`router`]: a client's batches in, its replies out in order; redirections followed.
 //!
 //! The contract towards the session is the one of the single-node shared connections: a
-//! batch of one client's commands goes in as a [`crate::multiplex::Job`], the replies come
+//! batch of one client's commands goes in as a [`crate::upstream::Job`], the replies come
 //! back in the client's order. `MOVED` and `ASK` never reach the client.
 //!
 //! The topology is refreshed by one task: every `refresh_interval`, and early when a
@@ -29,39 +29,15 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::codec::Limits;
 use crate::config::UpstreamConfig;
-use crate::multiplex::Job;
+use crate::upstream::Job;
 use crate::upstream::Upstream;
 
-pub use topology::{NodeAddr, SlotMap};
+pub use crate::config::NodeAddr;
+pub use topology::SlotMap;
 
+pub use crate::config::ClusterConfig;
 /// Refreshes of the slot map are at least this far apart.
-pub const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
-
-/// `upstream.cluster` in the configuration file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// Nodes asked for the topology at start (any node of the cluster will do).
-    pub seeds: Vec<NodeAddr>,
-    /// How often the slot map is read again without being told it is stale.
-    pub refresh_interval: Duration,
-    /// How many `MOVED`/`ASK` redirections one command may follow.
-    pub max_redirects: u32,
-    /// How long a command may wait, retrying with backoff, for a node that is unreachable or
-    /// answers `TRYAGAIN`/`CLUSTERDOWN` (a failover in progress) before the client gets the
-    /// error.
-    pub retry_timeout: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            seeds: Vec::new(),
-            refresh_interval: Duration::from_secs(10),
-            max_redirects: 5,
-            retry_timeout: Duration::from_secs(5),
-        }
-    }
-}
+pub use crate::config::MIN_REFRESH_GAP;
 
 /// Counters of the cluster upstream; the node label is bounded by the cluster's size (nodes
 /// that leave the topology are forgotten).
