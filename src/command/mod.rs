@@ -18,6 +18,10 @@
 //!
 //! An unknown command has no row, and [`lookup`] returns `None` for it: where such a command
 //! keeps its keys is never guessed.
+//!
+//! What respguard itself does differently per command (sharing an upstream connection,
+//! reply pairing, hit/miss counting, where values are) is in [`traits`], one entry per row:
+//! other modules ask it instead of matching command names.
 
 use std::cmp::Ordering;
 
@@ -26,8 +30,10 @@ use crate::codec::Argv;
 #[cfg(test)]
 mod getkeys_fixture;
 mod table;
+pub mod traits;
 
 pub use table::{COMMANDS, COMMAND_COUNT, REDIS_VERSION};
+pub use traits::{traits, Traits};
 
 // Command flags (`CommandSpec::flags`), named after Redis's COMMAND reply.
 pub const CMD_WRITE: u32 = 1 << 0;

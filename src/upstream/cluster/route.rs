@@ -3,16 +3,15 @@
 //!
 //! Which commands may be split or sent to every primary is Redis's own per-command data: the
 //! `request_policy` and `response_policy` tips that Redis 7 publishes in `COMMAND DOCS`
-//! (`multi_shard` + `agg_sum` for `DEL`, `all_shards` + `all_succeeded` for `FLUSHDB`, ...).
-//! [`TIPS`] carries them by command-table row; everything without a tip and with keys in
-//! several slots gets Redis Cluster's own `CROSSSLOT` error, as the cluster would answer.
-
-use std::sync::OnceLock;
+//! (`multi_shard` + `agg_sum` for `DEL`, `all_shards` + `all_succeeded` for `FLUSHDB`, ...),
+//! carried by the command traits ([`crate::command::traits::ClusterTip`]). Everything without
+//! a tip and with keys in several slots gets Redis Cluster's own `CROSSSLOT` error, as the
+//! cluster would answer.
 
 use bytes::Bytes;
 
 use crate::codec::Argv;
-use crate::command::{self, CommandSpec, FindKeys, KeyRef};
+use crate::command::{CommandSpec, FindKeys, KeyRef};
 
 /// Redis Cluster's error for keys of one command in different slots.
 pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
@@ -20,94 +19,11 @@ pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same
 /// then stay in single-node mode against the proxy, which does the routing for them.
 pub const NO_CLUSTER: &[u8] = b"-ERR This instance has cluster support disabled\r\n";
 
-/// How the replies of a command sent to several nodes become one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Merge {
-    /// `MGET`: one array, elements in the order of the client's keys.
-    KeysInOrder,
-    /// `agg_sum`: integers added up (`DEL`, `EXISTS`, `DBSIZE`).
-    Sum,
-    /// `all_succeeded`: the first reply if every node succeeded, else the first error.
-    AllSucceeded,
-    /// Arrays concatenated (`KEYS`).
-    Concat,
-    /// The first non-nil reply (`RANDOMKEY`).
-    AnyNonNil,
-}
+pub use crate::command::traits::{ClusterMerge as Merge, ClusterTip as Tip};
 
-/// A command's cluster tip: Redis's request and response policies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tip {
-    /// Keys of one slot, or no keys (then any node).
-    Default,
-    /// `request_policy:multi_shard`: split by slot, keys kept in their argument groups.
-    MultiShard(Merge),
-    /// `request_policy:all_shards`: the same command to every primary.
-    AllShards(Merge),
-    /// `SCAN`: every primary in turn, the node carried in the cursor.
-    Scan,
-    /// `CLUSTER ...`: answered as a node without cluster support.
-    NotCluster,
-    /// `SELECT`: database 0 only, as in Redis Cluster.
-    SelectZeroOnly,
-}
-
-/// Redis 7's tips, by command-table row name.
-const TIPS: &[(&str, Tip)] = &[
-    ("MGET", Tip::MultiShard(Merge::KeysInOrder)),
-    ("DEL", Tip::MultiShard(Merge::Sum)),
-    ("UNLINK", Tip::MultiShard(Merge::Sum)),
-    ("EXISTS", Tip::MultiShard(Merge::Sum)),
-    ("TOUCH", Tip::MultiShard(Merge::Sum)),
-    ("MSET", Tip::MultiShard(Merge::AllSucceeded)),
-    ("DBSIZE", Tip::AllShards(Merge::Sum)),
-    ("FLUSHDB", Tip::AllShards(Merge::AllSucceeded)),
-    ("FLUSHALL", Tip::AllShards(Merge::AllSucceeded)),
-    ("KEYS", Tip::AllShards(Merge::Concat)),
-    ("RANDOMKEY", Tip::AllShards(Merge::AnyNonNil)),
-    ("SCRIPT|LOAD", Tip::AllShards(Merge::AllSucceeded)),
-    ("SCRIPT|FLUSH", Tip::AllShards(Merge::AllSucceeded)),
-    ("FUNCTION|LOAD", Tip::AllShards(Merge::AllSucceeded)),
-    ("FUNCTION|DELETE", Tip::AllShards(Merge::AllSucceeded)),
-    ("FUNCTION|FLUSH", Tip::AllShards(Merge::AllSucceeded)),
-    ("FUNCTION|RESTORE", Tip::AllShards(Merge::AllSucceeded)),
-    ("SCAN", Tip::Scan),
-    ("SELECT", Tip::SelectZeroOnly),
-];
-
-/// The tip of a command-table row.
+/// A command's cluster tip, from the command traits.
 pub fn tip(spec: &CommandSpec) -> Tip {
-    static TABLE: OnceLock<Box<[Tip]>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = vec![Tip::Default; CommandSpec::count()];
-        for (name, tip) in TIPS {
-            if let Some(row) = row(name) {
-                if let Some(cell) = t.get_mut(row.index()) {
-                    *cell = *tip;
-                }
-            }
-        }
-        if let Some(c) = command::lookup_name(b"CLUSTER") {
-            for sub in std::iter::once(c).chain(c.subcommands.iter()) {
-                if let Some(cell) = t.get_mut(sub.index()) {
-                    *cell = Tip::NotCluster;
-                }
-            }
-        }
-        t.into_boxed_slice()
-    });
-    table.get(spec.index()).copied().unwrap_or(Tip::Default)
-}
-
-/// The row named `CONTAINER|SUB` or `NAME`.
-fn row(name: &str) -> Option<&'static CommandSpec> {
-    match name.split_once('|') {
-        Some((c, s)) => command::lookup_name(c.as_bytes())?
-            .subcommands
-            .iter()
-            .find(|r| r.name == name && !s.is_empty()),
-        None => command::lookup_name(name.as_bytes()),
-    }
+    spec.traits().cluster
 }
 
 /// The slot of a key (CRC16 of the key, or of its `{hash tag}`).
@@ -218,6 +134,7 @@ pub fn route(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, keys: &mut Vec
 mod tests {
     use super::*;
     use crate::codec::OwnedArgv;
+    use crate::command;
 
     fn route_of(args: &[&[u8]]) -> Route {
         let owned = OwnedArgv::new(args);
