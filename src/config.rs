@@ -66,6 +66,16 @@ struct RawUpstream {
     read_timeout: Option<Spanned<String>>,
     shared_connections: Option<Spanned<u64>>,
     tls: Option<RawUpstreamTls>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    seeds: Option<Vec<Spanned<String>>>,
+    refresh_interval: Option<Spanned<String>>,
+    max_redirects: Option<Spanned<u64>>,
+    retry_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -141,6 +151,51 @@ pub struct UpstreamConfig {
     pub shared_connections: usize,
     /// Set for `rediss://` URLs.
     pub tls: Option<crate::net::tls::UpstreamTls>,
+    /// Set when the upstream is a Redis Cluster: the URL's scheme, credentials and TLS
+    /// settings then apply to every node, and its address is the first seed.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A cluster node's address, as a seed or as the topology names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Refreshes of a cluster's slot map are at least this far apart.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
+
+/// `upstream.cluster` in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Nodes asked for the topology at start (any node of the cluster will do).
+    pub seeds: Vec<NodeAddr>,
+    /// How often the slot map is read again without being told it is stale.
+    pub refresh_interval: Duration,
+    /// How many `MOVED`/`ASK` redirections one command may follow.
+    pub max_redirects: u32,
+    /// How long a command may wait, retrying with backoff, for a node that is unreachable or
+    /// answers `TRYAGAIN`/`CLUSTERDOWN` (a failover in progress) before the client gets the
+    /// error.
+    pub retry_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seeds: Vec::new(),
+            refresh_interval: Duration::from_secs(10),
+            max_redirects: 5,
+            retry_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A Unix socket listener for clients on the same host (a pod's shared volume).
@@ -254,6 +309,24 @@ fn first_line(s: &str) -> String {
         .unwrap_or(s)
         .trim()
         .to_string()
+}
+
+/// A cluster seed: `host:port`.
+fn parse_seed(s: &str) -> Result<NodeAddr, String> {
+    let bad = || format!("expected host:port, got {s:?}");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok(NodeAddr {
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// Parses an upstream URL: `redis://[user[:password]@]host:port[/db]` or `unix:///path.sock`.
@@ -693,6 +766,48 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
         Some(v) => Some(v.value as usize),
         None => None,
     };
+    let cluster = up.cluster.as_ref().map(|c| {
+        let mut cc = ClusterConfig::default();
+        for seed in c.seeds.iter().flatten() {
+            match parse_seed(&seed.value) {
+                Ok(a) => cc.seeds.push(a),
+                Err(e) => p.at(seed, "upstream.cluster.seeds", e),
+            }
+        }
+        cc.refresh_interval = duration(
+            &c.refresh_interval,
+            "upstream.cluster.refresh_interval",
+            cc.refresh_interval,
+            &mut p,
+        );
+        if cc.refresh_interval < MIN_REFRESH_GAP {
+            if let Some(v) = &c.refresh_interval {
+                p.at(
+                    v,
+                    "upstream.cluster.refresh_interval",
+                    "must be at least 1s",
+                );
+            }
+        }
+        cc.retry_timeout = duration(
+            &c.retry_timeout,
+            "upstream.cluster.retry_timeout",
+            cc.retry_timeout,
+            &mut p,
+        );
+        match &c.max_redirects {
+            Some(v) if v.value == 0 || v.value > 100 => {
+                p.at(
+                    v,
+                    "upstream.cluster.max_redirects",
+                    "must be between 1 and 100",
+                );
+            }
+            Some(v) => cc.max_redirects = v.value as u32,
+            None => {}
+        }
+        cc
+    });
     let shutdown_grace = duration(
         &raw.shutdown_grace,
         "shutdown_grace",
@@ -808,6 +923,35 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
 
     let password = ov.upstream_password.clone().map(Secret).or(file_password);
 
+    let cluster = match (cluster, parsed_url.as_ref().map(|v| (&v.0, v.3))) {
+        (Some(mut c), Some((UpstreamAddr::Tcp { host, port }, db))) => {
+            let first = NodeAddr {
+                host: host.clone(),
+                port: *port,
+            };
+            if !c.seeds.contains(&first) {
+                c.seeds.insert(0, first);
+            }
+            if db != 0 {
+                p.add(
+                    url_line,
+                    "upstream.url",
+                    "a Redis Cluster serves database 0 only: drop the database from the URL",
+                );
+            }
+            Some(c)
+        }
+        (Some(_), Some((UpstreamAddr::Unix(_), _))) => {
+            p.add(
+                url_line,
+                "upstream.cluster",
+                "a Redis Cluster upstream needs a redis:// or rediss:// URL (the nodes are reached over TCP)",
+            );
+            None
+        }
+        // An invalid URL is reported already.
+        (c, _) => c,
+    };
     let (problems, warnings) = p.into_parts();
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
@@ -833,6 +977,7 @@ fn validate(raw: RawConfig, source: &str, ov: &Overrides) -> Result<Config, Conf
             read_timeout,
             shared_connections,
             tls: upstream_tls,
+            cluster,
         },
         limits,
         max_clients,

@@ -430,6 +430,45 @@ pub struct Metrics {
 
 static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
+/// Registers series on a proxy's recorder (see [`Metrics::registry`]). Label values must be
+/// bounded by the caller.
+#[derive(Clone)]
+pub struct Registry(Arc<PrometheusRecorder>);
+
+impl Registry {
+    fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+        Key::from_parts(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| Label::new(*k, v.clone()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
+        self.0.register_counter(&Self::key(name, labels), &META)
+    }
+
+    /// A histogram with the proxy's duration buckets, in seconds.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, String)],
+    ) -> metrics::Histogram {
+        self.0.register_histogram(&Self::key(name, labels), &META)
+    }
+
+    pub fn describe_counter(&self, name: &'static str, help: &'static str) {
+        self.0.describe_counter(name.into(), None, help.into());
+    }
+
+    pub fn describe_histogram(&self, name: &'static str, help: &'static str) {
+        self.0
+            .describe_histogram(name.into(), Some(metrics::Unit::Seconds), help.into());
+    }
+}
+
 /// Label value for a command-table row index, or `_other`.
 pub fn command_label(index: Option<usize>) -> &'static str {
     index
@@ -647,6 +686,11 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// This proxy's recorder, for modules that register and keep their own handles.
+    pub fn registry(&self) -> Registry {
+        Registry(self.recorder.clone())
     }
 
     /// Drains histogram buffers; without it they grow without bound between scrapes.

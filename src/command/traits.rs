@@ -125,6 +125,39 @@ pub enum DenyHint {
     Admin,
 }
 
+/// How a command runs against a Redis Cluster: Redis 7's own `request_policy` and
+/// `response_policy` tips (`COMMAND DOCS`), plus the commands a proxy answers itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterTip {
+    /// Keys of one slot (or no keys: any node); keys in several slots are `CROSSSLOT`.
+    Default,
+    /// `request_policy:multi_shard`: split by slot, keys kept in their argument groups.
+    MultiShard(ClusterMerge),
+    /// `request_policy:all_shards`: the same command to every primary.
+    AllShards(ClusterMerge),
+    /// `SCAN`: every primary in turn.
+    Scan,
+    /// `CLUSTER ...`: answered as a Redis without cluster support answers.
+    NotCluster,
+    /// `SELECT`: database 0 only, as in Redis Cluster.
+    SelectZeroOnly,
+}
+
+/// How the replies of a command sent to several cluster nodes become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterMerge {
+    /// `MGET`: one array, elements in the order of the client's keys.
+    KeysInOrder,
+    /// `agg_sum`: integers added up (`DEL`, `EXISTS`, `DBSIZE`).
+    Sum,
+    /// `all_succeeded`: the first reply if every node succeeded, else the first error.
+    AllSucceeded,
+    /// Arrays concatenated (`KEYS`).
+    Concat,
+    /// The first non-nil reply (`RANDOMKEY`).
+    AnyNonNil,
+}
+
 /// Everything respguard derives from a command beyond its table row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Traits {
@@ -150,6 +183,7 @@ pub struct Traits {
     /// Runs or installs code inside Redis (see [`CommandSpec::runs_code`]).
     pub runs_code: bool,
     pub deny_hint: DenyHint,
+    pub cluster: ClusterTip,
 }
 
 /// Unknown commands: nothing special, not blocking, never shared (what they do to the
@@ -166,6 +200,7 @@ pub const UNKNOWN: Traits = Traits {
     parses_options_first: false,
     runs_code: false,
     deny_hint: DenyHint::Denied,
+    cluster: ClusterTip::Default,
 };
 
 /// The traits of a row; [`UNKNOWN`] for a command without one.
@@ -218,6 +253,7 @@ impl Traits {
                     | "FUNCTION|RESTORE"
             ),
             deny_hint: deny_hint_of(spec),
+            cluster: cluster_tip_of(spec),
         }
     }
 }
@@ -312,6 +348,25 @@ fn values_of(spec: &CommandSpec) -> Values {
         "RESTORE" => Values::Restore,
         "JSON.SET" => Values::JsonDocument,
         _ => Values::None,
+    }
+}
+
+fn cluster_tip_of(spec: &CommandSpec) -> ClusterTip {
+    use ClusterMerge::*;
+    use ClusterTip::*;
+    match spec.name {
+        "MGET" => MultiShard(KeysInOrder),
+        "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => MultiShard(Sum),
+        "MSET" => MultiShard(AllSucceeded),
+        "DBSIZE" => AllShards(Sum),
+        "FLUSHDB" | "FLUSHALL" | "SCRIPT|LOAD" | "SCRIPT|FLUSH" | "FUNCTION|LOAD"
+        | "FUNCTION|DELETE" | "FUNCTION|FLUSH" | "FUNCTION|RESTORE" => AllShards(AllSucceeded),
+        "KEYS" => AllShards(Concat),
+        "RANDOMKEY" => AllShards(AnyNonNil),
+        "SCAN" => Scan,
+        "SELECT" => SelectZeroOnly,
+        n if n == "CLUSTER" || n.starts_with("CLUSTER|") => NotCluster,
+        _ => Default,
     }
 }
 

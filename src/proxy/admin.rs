@@ -91,6 +91,10 @@ async fn handle(mut s: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
 
 /// Ready means the upstream accepts a connection, the handshake, and answers `PING`.
 async fn ready(shared: &Shared) -> Result<(), String> {
+    if let Some(c) = shared.cluster() {
+        // The cluster is usable when the latest topology read found every slot served.
+        return c.ready();
+    }
     let cfg = shared.config();
     let up = Upstream::connect(&cfg.upstream, &cfg.limits)
         .await

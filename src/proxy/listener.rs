@@ -18,7 +18,7 @@ use super::admin;
 use super::shared::{Shared, ShutdownPhase};
 use crate::config::Config;
 use crate::net::stream::ClientStream;
-use crate::upstream::Pool;
+use crate::upstream::{cluster, Pool};
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
 /// handshake), with a description of where it came from for the log, and its client slot if
@@ -119,7 +119,17 @@ impl Proxy {
                 );
             }
         }
-        if shared_conns > 0 {
+        let cfg = shared.config();
+        if let Some(c) = &cfg.upstream.cluster {
+            let metrics = cluster::metrics::Recorded::new(shared.metrics.registry());
+            let _ = shared.cluster.set(cluster::Cluster::start(
+                c.clone(),
+                cfg.upstream.clone(),
+                cfg.limits,
+                cfg.max_client_output,
+                Arc::new(metrics),
+            ));
+        } else if shared_conns > 0 {
             let _ = shared
                 .pool
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::config::Config;
 use crate::metrics::{Metrics, NsTable};
 use crate::policy::Policy;
+use crate::upstream::cluster::Cluster;
 use crate::upstream::{Env, Pool};
 
 /// Where the proxy is in its life; connections watch it.
@@ -36,6 +37,8 @@ pub struct Shared {
     pub output_bytes: AtomicUsize,
     /// Shared upstream connections for clients without connection state, if enabled.
     pub(super) pool: OnceLock<Pool>,
+    /// The cluster upstream, when the upstream is a Redis Cluster.
+    pub(super) cluster: OnceLock<Cluster>,
     /// The most clients the open file limit allows (see [`super::listener::clients_for_descriptors`]).
     pub(super) client_cap: AtomicUsize,
 }
@@ -50,6 +53,7 @@ impl Shared {
             metrics: Metrics::new(),
             ns_table: Mutex::new(None),
             pool: OnceLock::new(),
+            cluster: OnceLock::new(),
             clients: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
             client_cap: AtomicUsize::new(usize::MAX),
@@ -136,6 +140,11 @@ impl Shared {
 
     pub fn pool(&self) -> Option<&Pool> {
         self.pool.get()
+    }
+
+    /// The cluster upstream, when `upstream.cluster` is configured.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
     }
 
     pub fn client_count(&self) -> usize {

@@ -4,6 +4,8 @@
 //!   the halves of a connected socket.
 //! - [`pool`]: shared connections that carry many stateless clients' commands at once.
 //! - [`link`]: [`Link`], the one type a session talks to, whichever of these carries it.
+//! - [`cluster`]: a Redis Cluster upstream: a router per client behind a [`Handle`], routing
+//!   by slot over shared per-node connections.
 //!
 //! Nothing here knows the session or the listener: what it needs of the running proxy (the
 //! configuration in force, the metrics) comes through [`Env`].
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+pub mod cluster;
 pub mod connect;
 pub mod link;
 pub mod pool;

@@ -11,11 +11,13 @@
 //! - [`inproc`]: `respguard::Proxy` started in this process, [`PolicyEnv`].
 //! - [`binary`]: the `respguard` binary as a child ([`Respguard`]).
 //! - [`tls`]: test certificates ([`Pki`]) and a Redis with a TLS port ([`TlsRedis`]).
+//! - [`cluster`]: a 3-primary, 3-replica Redis Cluster ([`RedisCluster`]).
 //!
 //! Everything is re-exported here, so tests name it `common::X`.
 #![allow(dead_code, unused_imports)]
 
 pub mod binary;
+pub mod cluster;
 pub mod inproc;
 pub mod ports;
 pub mod process;
@@ -28,6 +30,7 @@ pub mod tls;
 use std::time::Duration;
 
 pub use binary::*;
+pub use cluster::*;
 pub use inproc::*;
 pub use ports::*;
 pub use process::rss_bytes;

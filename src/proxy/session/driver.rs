@@ -14,7 +14,7 @@ use super::{Session, SessionError, HIGH_WATER, MAX_PENDING, SHARED_MAX_PENDING};
 use crate::net::io::{read_now, reserve_for_read, write_now};
 use crate::net::stream::{ClientStream, ClientWrite};
 use crate::proxy::shared::{Shared, ShutdownPhase};
-use crate::upstream::{Link, Ready, UpstreamError};
+use crate::upstream::{Handle, Link, Ready, UpstreamError};
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
 pub async fn serve(
@@ -24,7 +24,11 @@ pub async fn serve(
 ) {
     let _ = client.set_nodelay();
     let cfg = shared.config();
-    let link = Link::open(shared.pool(), &cfg.upstream, &cfg.limits, &shared.metrics).await;
+    let link = match shared.cluster() {
+        // A router of its own, behind the same handle as a shared connection.
+        Some(c) => Link::Shared(Handle::new(c.client())),
+        None => Link::open(shared.pool(), &cfg.upstream, &cfg.limits, &shared.metrics).await,
+    };
     let mut conn = Session::new(shared, link);
     let read_timeout = cfg.upstream.read_timeout;
     drop(cfg);

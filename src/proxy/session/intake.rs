@@ -227,6 +227,36 @@ impl Session {
                 self.closing = true;
                 return true;
             }
+            if self.shared.cluster().is_some() {
+                // A Redis Cluster upstream has no connection of one node to pin to. The
+                // policy's refusal still comes first, as it would on one node.
+                self.quiet = self.take_quiet();
+                let verdict = match &self.policy {
+                    Some(p) => p.check(&argv, spec, &mut self.scratch),
+                    None => Verdict::Forward,
+                };
+                match verdict {
+                    Verdict::Reject(r) => {
+                        self.refuse(&r.message, cmd);
+                        return true;
+                    }
+                    Verdict::Respond(bytes) => {
+                        self.push_local(bytes, Outcome::Ok, cmd);
+                        return true;
+                    }
+                    _ => {}
+                }
+                self.scratch.namespace = NS_NONE;
+                self.scratch.clear();
+                let reply = crate::upstream::cluster::route::stateful_reply(&argv, spec);
+                let outcome = if reply.starts_with(b"-") {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                };
+                self.push_local(reply, outcome, cmd);
+                return true;
+            }
             if !self.pending.is_empty() || !self.uout.is_empty() {
                 // Commands already sent on the shared connection must finish first, so this
                 // one runs after them.
