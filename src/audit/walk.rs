@@ -652,6 +652,26 @@ mod tests {
     }
 
     #[test]
+    fn probes_read_values_while_strings_outweigh_the_commands_other_types_cost() {
+        let mut m = Mix::default();
+        assert!(
+            m.third() == Third::GetRange,
+            "nothing seen yet: strings assumed"
+        );
+        for _ in 0..3 {
+            m.count(b"string");
+        }
+        m.count(b"hash");
+        m.count(b"list");
+        assert!(
+            m.third() == Third::GetRange,
+            "3 strings save 3, a hash and a list cost 3"
+        );
+        m.count(b"zset");
+        assert!(m.third() == Third::Type);
+    }
+
+    #[test]
     fn sensitive_findings_use_the_namespace_rules() {
         let policy = example();
         let c = Classifier::new(&policy);
