@@ -781,3 +781,120 @@ pub fn count_lookups(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup_name;
+
+    fn cmd(name: &str) -> Option<usize> {
+        lookup_name(name.as_bytes()).map(CommandSpec::index)
+    }
+
+    /// (namespace, hit, n) for every call `count_lookups` makes.
+    fn lookups(
+        name: &str,
+        key_ns: Option<&[NsId]>,
+        nkeys: usize,
+        reply: &[u8],
+    ) -> Vec<(NsId, bool, u64)> {
+        let mut seen = Vec::new();
+        let mut t = |ns: NsId, r: Lookup, n: u64| seen.push((ns, r == Lookup::Hit, n));
+        count_lookups(
+            &mut t,
+            cmd(name),
+            7,
+            key_ns,
+            nkeys,
+            reply,
+            &codec::Limits::default(),
+        );
+        seen
+    }
+
+    #[test]
+    fn every_policy_action_moves_its_ttl_counter() {
+        use TtlCounter::*;
+        let cases = [
+            (PolicyAction::TtlDefault, Some(Added)),
+            (PolicyAction::TtlAppended, Some(Added)),
+            (PolicyAction::TtlLowered, Some(Clamped)),
+            (PolicyAction::TtlRaised, Some(Raised)),
+            (PolicyAction::Rejected(Rule::Ttl), Some(Refused)),
+            (PolicyAction::Rejected(Rule::Persist), Some(Refused)),
+            (PolicyAction::Rejected(Rule::Naming), None),
+            (PolicyAction::Rejected(Rule::Sensitive), None),
+        ];
+        for (action, want) in cases {
+            assert_eq!(TtlCounter::of(action), want, "{action:?}");
+        }
+        let labels: Vec<_> = TtlCounter::ALL.iter().map(|c| c.label()).collect();
+        assert_eq!(labels, ["added", "clamped", "raised", "refused"]);
+    }
+
+    #[test]
+    fn policy_actions_reach_the_ttl_and_rejection_series() {
+        let m = Metrics::new();
+        let t = m.namespace_table(&["session".to_string()]);
+        t.policy_action(0, PolicyAction::TtlDefault);
+        t.policy_action(0, PolicyAction::TtlAppended);
+        t.policy_action(0, PolicyAction::TtlLowered);
+        t.policy_action(0, PolicyAction::Rejected(Rule::Persist));
+        t.policy_action(0, PolicyAction::Rejected(Rule::Naming));
+        let text = m.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        for line in [
+            r#"respguard_ttl_enforced_total{namespace="session",action="added"} 2"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="clamped"} 1"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="raised"} 0"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="refused"} 1"#,
+            r#"respguard_policy_rejections_total{namespace="session",rule="persist"} 1"#,
+            r#"respguard_policy_rejections_total{namespace="session",rule="naming"} 1"#,
+        ] {
+            assert!(has(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn replies_count_as_hits_and_misses_by_read_kind() {
+        assert_eq!(lookups("GET", None, 1, b"$1\r\nv\r\n"), [(7, true, 1)]);
+        assert_eq!(lookups("GETDEL", None, 1, b"$-1\r\n"), [(7, false, 1)]);
+        assert_eq!(lookups("JSON.GET", None, 1, b"_\r\n"), [(7, false, 1)]);
+        // Per key, each under its own namespace when they were kept.
+        assert_eq!(
+            lookups(
+                "MGET",
+                Some(&[1, 2, 3]),
+                3,
+                b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nc\r\n"
+            ),
+            [(1, true, 1), (2, false, 1), (3, true, 1)]
+        );
+        // Per field of one key: all under the key's namespace.
+        assert_eq!(
+            lookups("HMGET", None, 1, b"*2\r\n$-1\r\n$1\r\nb\r\n"),
+            [(7, false, 1), (7, true, 1)]
+        );
+        assert_eq!(lookups("HGETALL", None, 1, b"*0\r\n"), [(7, false, 1)]);
+        assert_eq!(
+            lookups("SMEMBERS", None, 1, b"~1\r\n$1\r\na\r\n"),
+            [(7, true, 1)]
+        );
+        assert_eq!(lookups("ZRANGE", None, 1, b"*-1\r\n"), [(7, false, 1)]);
+        // A count of existing keys: hits, and the rest misses.
+        assert_eq!(
+            lookups("EXISTS", None, 3, b":2\r\n"),
+            [(7, true, 2), (7, false, 1)]
+        );
+        assert_eq!(
+            lookups("HEXISTS", None, 1, b":0\r\n"),
+            [(7, true, 0), (7, false, 1)]
+        );
+        // Not reads, and replies of the wrong shape, count nothing.
+        assert_eq!(lookups("SET", None, 1, b"+OK\r\n"), []);
+        assert_eq!(lookups("MGET", None, 1, b"-ERR x\r\n"), []);
+        assert!(is_read(cmd("GET")) && !is_read(cmd("SET")) && !is_read(None));
+        assert!(counts_per_key(cmd("MGET")) && counts_per_key(cmd("EXISTS")));
+        assert!(!counts_per_key(cmd("GET")));
+    }
+}

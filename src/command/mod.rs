@@ -610,18 +610,7 @@ impl CommandSpec {
     /// variants, SCRIPT LOAD, FUNCTION LOAD and FUNCTION RESTORE). Such code can call any
     /// command on any key, whatever keys the request declares.
     pub fn runs_code(&self) -> bool {
-        matches!(
-            self.name,
-            "EVAL"
-                | "EVAL_RO"
-                | "EVALSHA"
-                | "EVALSHA_RO"
-                | "FCALL"
-                | "FCALL_RO"
-                | "SCRIPT|LOAD"
-                | "FUNCTION|LOAD"
-                | "FUNCTION|RESTORE"
-        )
+        self.traits().runs_code
     }
 
     /// True when the request reads keys that it does not name: SORT and SORT_RO with a BY or

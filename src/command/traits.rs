@@ -180,6 +180,8 @@ pub struct Traits {
     /// Redis parses all its options before looking at keys, so a malformed key list is
     /// Redis's own error (`XREAD`, `XREADGROUP`).
     pub parses_options_first: bool,
+    /// Runs or installs code inside Redis (see [`CommandSpec::runs_code`]).
+    pub runs_code: bool,
     pub deny_hint: DenyHint,
     pub cluster: ClusterTip,
 }
@@ -196,6 +198,7 @@ pub const UNKNOWN: Traits = Traits {
     inherits_expiry: false,
     other_db_option: false,
     parses_options_first: false,
+    runs_code: false,
     deny_hint: DenyHint::Denied,
     cluster: ClusterTip::Default,
 };
@@ -237,6 +240,18 @@ impl Traits {
             inherits_expiry: matches!(spec.name, "RENAME" | "RENAMENX" | "COPY"),
             other_db_option: spec.name == "COPY",
             parses_options_first: matches!(spec.name, "XREAD" | "XREADGROUP"),
+            runs_code: matches!(
+                spec.name,
+                "EVAL"
+                    | "EVAL_RO"
+                    | "EVALSHA"
+                    | "EVALSHA_RO"
+                    | "FCALL"
+                    | "FCALL_RO"
+                    | "SCRIPT|LOAD"
+                    | "FUNCTION|LOAD"
+                    | "FUNCTION|RESTORE"
+            ),
             deny_hint: deny_hint_of(spec),
             cluster: cluster_tip_of(spec),
         }
@@ -478,6 +493,15 @@ mod tests {
             "LATENCY",
             "SLOWLOG",
             "MIGRATE",
+            "EVAL",
+            "EVAL_RO",
+            "EVALSHA",
+            "EVALSHA_RO",
+            "FCALL",
+            "FCALL_RO",
+            "SCRIPT|LOAD",
+            "FUNCTION|LOAD",
+            "FUNCTION|RESTORE",
         ];
         for name in names {
             assert!(lookup_name(name.as_bytes()).is_some(), "{name} has no row");
@@ -663,6 +687,22 @@ mod tests {
         assert!(!of("RENAME").other_db_option && !of("SET").inherits_expiry);
         assert!(of("XREAD").parses_options_first && of("XREADGROUP").parses_options_first);
         assert!(!of("MGET").parses_options_first);
+        for name in [
+            "EVAL",
+            "EVAL_RO",
+            "EVALSHA",
+            "EVALSHA_RO",
+            "FCALL",
+            "FCALL_RO",
+            "SCRIPT|LOAD",
+            "FUNCTION|LOAD",
+            "FUNCTION|RESTORE",
+        ] {
+            assert!(of(name).runs_code && lookup_name(name.as_bytes()).unwrap().runs_code());
+        }
+        for name in ["SCRIPT|FLUSH", "FUNCTION|LIST", "GET", "SCRIPT"] {
+            assert!(!of(name).runs_code, "{name}");
+        }
         assert!(!of("WATCH").queued_in_multi && of("GET").queued_in_multi);
         assert_eq!(of("KEYS").deny_hint, DenyHint::UseScan);
         assert_eq!(of("FLUSHDB").deny_hint, DenyHint::Flush);
