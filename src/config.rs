@@ -1055,6 +1055,49 @@ mod tests {
     }
 
     #[test]
+    fn cluster_upstream_takes_the_url_as_first_seed_and_reports_bad_fields_by_line() {
+        let text = "upstream:\n  url: redis://10.0.0.1:7000\n  cluster:\n    seeds: [\"10.0.0.2:7001\", \"10.0.0.1:7000\"]\n    refresh_interval: 30s\n    max_redirects: 3\n";
+        let cfg = Config::parse(text, "c.yaml", &Overrides::default()).unwrap();
+        let c = cfg.upstream.cluster.expect("cluster");
+        let seeds: Vec<String> = c.seeds.iter().map(|s| s.to_string()).collect();
+        assert_eq!(seeds, ["10.0.0.2:7001", "10.0.0.1:7000"]);
+        assert_eq!(c.refresh_interval, Duration::from_secs(30));
+        assert_eq!(c.max_redirects, 3);
+        let text = "upstream:\n  url: redis://10.0.0.1:7000/2\n  cluster:\n    seeds: [\"nohostport\"]\n    refresh_interval: 100ms\n    max_redirects: 0\n    retry_timeout: soon\n";
+        let err = Config::parse(text, "c.yaml", &Overrides::default()).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|p| (p.line, p.field.as_str())).collect();
+        for want in [
+            (Some(2), "upstream.url"),
+            (Some(4), "upstream.cluster.seeds"),
+            (Some(5), "upstream.cluster.refresh_interval"),
+            (Some(6), "upstream.cluster.max_redirects"),
+            (Some(7), "upstream.cluster.retry_timeout"),
+        ] {
+            assert!(lines.contains(&want), "{want:?} in {err}");
+        }
+        // The example's commented cluster block, switched on, is valid as it stands.
+        let mut example =
+            include_str!("../config/example.yaml").replace("  # cluster:", "  cluster:");
+        for field in [
+            "seeds",
+            "refresh_interval",
+            "max_redirects",
+            "retry_timeout",
+        ] {
+            example = example.replace(&format!("  #   {field}"), &format!("    {field}"));
+        }
+        let cfg = Config::parse(&example, "example.yaml", &Overrides::default()).unwrap();
+        assert_eq!(cfg.upstream.cluster.expect("cluster").seeds.len(), 3);
+        let err = Config::parse(
+            "upstream:\n  url: unix:///run/r.sock\n  cluster: {}\n",
+            "c.yaml",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("upstream.cluster"), "{err}");
+    }
+
+    #[test]
     fn client_limits_are_validated_with_their_lines() {
         let cfg = Config::parse("", "t.yaml", &Overrides::default()).unwrap();
         assert_eq!(cfg.max_client_output, 32 * 1024 * 1024);

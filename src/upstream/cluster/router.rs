@@ -629,3 +629,140 @@ fn elements_bulk(f: &[u8]) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Error paths against a fake node (a real cluster cannot be made to redirect forever).
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::super::{Cluster, NoMetrics};
+    use crate::codec::{self, Limits, Request};
+    use crate::config::{Config, Overrides};
+    use crate::upstream::{Job, SharedReply};
+
+    /// A node that serves every slot itself in `CLUSTER SHARDS` and answers every other
+    /// command with `reply` (`{port}` replaced by its own port).
+    async fn fake_node(reply: &'static str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let (mut spans, mut inline) = (Vec::new(), Vec::new());
+                    loop {
+                        if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut out = Vec::new();
+                        while let Ok(Some(Request::Multibulk { len })) =
+                            codec::scan_request(&buf, &Limits::default(), &mut spans, &mut inline)
+                        {
+                            let cmd = buf.split_to(len);
+                            let shards = b"SHARDS";
+                            if cmd.windows(shards.len()).any(|w| w == shards) {
+                                out.extend_from_slice(format!(
+                                    "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
+                                     *6\r\n$4\r\nport\r\n:{port}\r\n$8\r\nendpoint\r\n$9\r\n127.0.0.1\r\n\
+                                     $4\r\nrole\r\n$6\r\nmaster\r\n"
+                                ).as_bytes());
+                            } else if cmd.ends_with(b"ASKING\r\n") {
+                                out.extend_from_slice(b"+OK\r\n");
+                            } else {
+                                out.extend_from_slice(
+                                    reply.replace("{port}", &port.to_string()).as_bytes(),
+                                );
+                            }
+                        }
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    async fn cluster_on(port: u16, extra: &str) -> Cluster {
+        let yaml = format!("upstream:\n  url: redis://127.0.0.1:{port}\n  cluster:\n{extra}");
+        let cfg = Config::parse(&yaml, "t.yaml", &Overrides::default()).expect("config");
+        let cc = cfg.upstream.cluster.clone().expect("cluster");
+        let c = Cluster::start(
+            cc,
+            cfg.upstream.clone(),
+            cfg.limits,
+            1 << 20,
+            Arc::new(NoMetrics),
+        );
+        for _ in 0..200 {
+            if c.ready().is_ok() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fake topology never read: {:?}", c.ready());
+    }
+
+    async fn ask(c: &Cluster, cmd: &[u8]) -> Bytes {
+        let jobs = c.client();
+        let (to, mut rx) = mpsc::unbounded_channel();
+        jobs.send(Job {
+            bytes: Bytes::copy_from_slice(cmd),
+            replies: 1,
+            to,
+            queued: Arc::default(),
+        })
+        .expect("router running");
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(SharedReply::Frames(b))) => b,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_moved_ends_in_an_error_naming_max_redirects_not_a_leaked_moved() {
+        let port = fake_node("-MOVED 3999 127.0.0.1:{port}\r\n").await;
+        let c = cluster_on(port, "    max_redirects: 2\n").await;
+        let got = ask(&c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("-ERR ") && text.contains("more than 2 times"),
+            "{text}"
+        );
+        assert!(!text.contains("MOVED"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn endless_ask_is_followed_with_asking_then_bounded() {
+        let port = fake_node("-ASK 3999 127.0.0.1:{port}\r\n").await;
+        let c = cluster_on(port, "    max_redirects: 3\n").await;
+        let got = ask(&c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("more than 3 times") && !text.contains("ASK "),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn clusterdown_is_retried_until_retry_timeout_then_passed_on() {
+        let port = fake_node("-CLUSTERDOWN The cluster is down\r\n").await;
+        let c = cluster_on(port, "    retry_timeout: 300ms\n").await;
+        let started = std::time::Instant::now();
+        let got = ask(&c, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await;
+        assert_eq!(&got[..], b"-CLUSTERDOWN The cluster is down\r\n");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
