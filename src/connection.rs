@@ -28,6 +28,7 @@ use crate::command::{self, CommandSpec, CMD_BLOCKING};
 use crate::listener::Shared;
 use crate::metrics::{self, NsTable, Outcome};
 use crate::multiplex::{self, Job, ReplyRx, ReplyTx, SharedReply};
+use crate::policy::auth::{ClientAuth, PeerInfo};
 use crate::policy::{
     FieldLabelId, NsId, Policy, PolicyAction, Scratch, Verdict, NS_NONE, NS_UNMATCHED,
 };
@@ -55,6 +56,8 @@ const CLIENT_REPLY_IN_MULTI: &str =
 const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
     connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
 
+mod identity;
+
 /// What the reply to a command means for the connection.
 #[derive(Debug)]
 enum Kind {
@@ -67,6 +70,9 @@ enum Kind {
     Poison,
     /// Answered by the proxy: these bytes go to the client when the entry reaches the front.
     Local(Bytes, Outcome),
+    /// `SCAN` (`true`) or `KEYS` from an identity that may not read every key: the keys in
+    /// the reply are filtered to the readable ones.
+    KeyFilter(bool),
     /// A (un)subscribe command: its reply may come as a pub/sub confirmation frame.
     Pubsub,
     Monitor,
@@ -352,6 +358,10 @@ struct Conn {
     pin_wanted: bool,
     /// Replies expected for what is in `uout` (the size of the next shared job).
     unsent: usize,
+    /// The client's identity (`policy.clients`).
+    auth: ClientAuth,
+    /// A failed login's answer, held until its delay is over; no command is read meanwhile.
+    auth_hold: Option<(tokio::time::Instant, Bytes, Option<usize>)>,
 }
 
 /// What a read queued in MULTI needs for hit/miss counting when EXEC answers it.
@@ -441,6 +451,7 @@ struct Mux {
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
 pub async fn serve(
     client: ClientStream,
+    peer: PeerInfo,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<crate::listener::ShutdownPhase>,
 ) {
@@ -504,6 +515,8 @@ pub async fn serve(
         }),
         pin_wanted: false,
         unsent: 0,
+        auth: ClientAuth::new(peer.addr, peer.cert_names, shared.policy().as_deref()),
+        auth_hold: None,
         shared,
     };
     let mut up = Up::default();
@@ -636,6 +649,7 @@ impl Conn {
             }
             let read_client = !client_eof
                 && !draining
+                && self.auth_hold.is_none()
                 && (self.closing
                     || (!self.pin_wanted
                         && self.uout.len() < HIGH_WATER
@@ -774,6 +788,10 @@ impl Conn {
                         tracing::debug!("client idle for idle_timeout; closing");
                         return Ok(());
                     }
+                }
+                _ = sleep_until(self.auth_hold.as_ref().map(|h| h.0)), if self.auth_hold.is_some() => {
+                    self.release_auth_hold();
+                    self.send_batch(up, &cwr).await?;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.upstream_failed(up, UpstreamError::ReadTimeout(read_timeout.as_millis()));
@@ -977,6 +995,10 @@ impl Conn {
             self.policy = self.shared.policy();
             self.ns_table = self.shared.namespace_table();
             self.policy_gen = gen;
+            if !self.auth.rebind(self.policy.as_deref()) {
+                tracing::info!("the client's identity was removed from the policy; closing");
+                self.closing = true;
+            }
         }
     }
 
@@ -987,7 +1009,7 @@ impl Conn {
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
         let mut incomplete = false;
-        while off < buf.len() && !self.closing && !self.pin_wanted {
+        while off < buf.len() && !self.closing && !self.pin_wanted && self.auth_hold.is_none() {
             let rest = &buf[off..];
             match self
                 .reqscan
@@ -1130,6 +1152,11 @@ impl Conn {
         };
         let cmd = spec.map(|s| s.index());
         let traits = traits(spec);
+        if let Some(policy) = self.policy.clone().filter(|p| p.clients().is_some()) {
+            if let Some(done) = self.identity_gate(&policy, spec, &argv) {
+                return done;
+            }
+        }
         if traits.special == Special::Replication {
             // After SYNC/PSYNC Redis sends an RDB payload and then a command stream, not
             // replies: nothing could be paired or checked any more, and the client would wait
@@ -1271,6 +1298,9 @@ impl Conn {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
+            Special::None if self.multi.is_none() && self.filter_keys(spec).is_some() => {
+                Kind::KeyFilter(self.filter_keys(spec).unwrap_or_default())
+            }
             Special::None | Special::Replication | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 let queued = spec.is_none_or(|s| s.name != "WATCH");
@@ -1664,6 +1694,13 @@ impl Conn {
         };
         let forward = match p.kind {
             Kind::Reply | Kind::Pubsub => true,
+            Kind::KeyFilter(scan) => {
+                if let Some(out) = self.filter_key_reply(bytes, scan) {
+                    self.record(&p.meta, outcome, None);
+                    return Action::Replace(out);
+                }
+                true
+            }
             Kind::Hidden => {
                 if outcome == Outcome::Error {
                     tracing::warn!(

@@ -18,12 +18,13 @@ use crate::admin;
 use crate::config::Config;
 use crate::metrics::{Metrics, NsTable};
 use crate::multiplex::Pool;
+use crate::policy::auth::PeerInfo;
 use crate::policy::Policy;
 use crate::transport::ClientStream;
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
 /// handshake), with a description of where it came from for the log.
-type Incoming = (ClientStream, String);
+type Incoming = (ClientStream, String, PeerInfo);
 
 /// Where the proxy is in its life; connections watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct Shared {
     pool: OnceLock<Pool>,
     /// The most clients the open file limit allows (see [`clients_for_descriptors`]).
     client_cap: AtomicUsize,
+    /// Failed logins per client address (`policy.clients`).
+    pub auth_failures: crate::policy::auth::Failures,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
             client_cap: AtomicUsize::new(usize::MAX),
+            auth_failures: crate::policy::auth::Failures::default(),
         }
     }
 
@@ -324,7 +328,7 @@ async fn accept_unix(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
-                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()))).await.is_err() {
+                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()), PeerInfo::default())).await.is_err() {
                         break;
                     }
                 }
@@ -357,8 +361,9 @@ async fn accept_tls(
                     let (tls, shared, to) = (tls.clone(), shared.clone(), to.clone());
                     tokio::spawn(async move {
                         match tls.accept(s).await {
-                            Ok(u) => {
-                                let _ = to.send((ClientStream::Unix(u), format!("tls:{peer}"))).await;
+                            Ok((u, cert_names)) => {
+                                let info = PeerInfo { addr: Some(peer.ip()), cert_names };
+                                let _ = to.send((ClientStream::Unix(u), format!("tls:{peer}"), info)).await;
                             }
                             Err(f) => {
                                 shared.metrics.client_tls_failure(f.reason);
@@ -398,14 +403,17 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, &shared, &shutdown, &done_tx),
+                Ok((stream, peer)) => {
+                    let info = PeerInfo { addr: Some(peer.ip()), cert_names: Vec::new() };
+                    admit(ClientStream::Tcp(stream), peer, info, &shared, &shutdown, &done_tx)
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some((stream, peer)) = incoming.recv() => admit(stream, peer, &shared, &shutdown, &done_tx),
+            Some((stream, peer, info)) = incoming.recv() => admit(stream, peer, info, &shared, &shutdown, &done_tx),
             _ = shutdown.changed() => break,
         }
     }
@@ -423,6 +431,7 @@ async fn accept_loop(
 fn admit(
     mut stream: ClientStream,
     peer: impl fmt::Display,
+    info: PeerInfo,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
@@ -447,7 +456,7 @@ fn admit(
     let shutdown = shutdown.clone();
     let done = done.clone();
     tokio::spawn(async move {
-        crate::connection::serve(stream, shared.clone(), shutdown).await;
+        crate::connection::serve(stream, info, shared.clone(), shutdown).await;
         shared.clients.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.client_connections.decrement(1.0);
         drop(done);

@@ -359,8 +359,12 @@ impl ListenerTls {
         Ok(())
     }
 
-    /// Runs a client's handshake and returns the bridged plain end.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<UnixStream, HandshakeFailure> {
+    /// Runs a client's handshake and returns the bridged plain end, with the names of the
+    /// client's certificate (subject CN and SANs) when it sent one.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(UnixStream, Vec<String>), HandshakeFailure> {
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
         let tls = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
@@ -381,10 +385,18 @@ impl ListenerTls {
             }
             Ok(Ok(tls)) => tls,
         };
-        bridge(tls).map_err(|e| HandshakeFailure {
+        let names = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| crate::policy::auth::certificate_names(c))
+            .unwrap_or_default();
+        let plain = bridge(tls).map_err(|e| HandshakeFailure {
             reason: "io",
             detail: e.to_string(),
-        })
+        })?;
+        Ok((plain, names))
     }
 }
 

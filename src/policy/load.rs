@@ -64,6 +64,7 @@ pub struct RawPolicy {
     allowed_unknown_commands: Option<Vec<Spanned<String>>>,
     sensitive: Option<RawSensitive>,
     namespaces: Option<RawNamespaces>,
+    clients: Option<super::identity::RawClients>,
 }
 
 /// `namespaces:` in file order (the order gives the [`NsId`]s), each name with its line.
@@ -337,6 +338,14 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
             pattern::Matcher::default()
         }
     };
+    let clients = match &raw.clients {
+        None => None,
+        Some(rc) => {
+            let v = super::identity::validate(rc, &names, c.p);
+            c.failed |= v.is_none();
+            v
+        }
+    };
     if c.failed {
         return None;
     }
@@ -349,6 +358,7 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
         namespaces,
         rules,
         sensitive,
+        clients,
     }))
 }
 
