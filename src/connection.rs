@@ -1152,8 +1152,8 @@ impl Conn {
         };
         let cmd = spec.map(|s| s.index());
         let traits = traits(spec);
-        if let Some(policy) = self.policy.clone().filter(|p| p.clients().is_some()) {
-            if let Some(done) = self.identity_gate(&policy, spec, &argv) {
+        if self.policy.as_ref().is_some_and(|p| p.clients().is_some()) {
+            if let Some(done) = self.identity_gate(spec, &argv) {
                 return done;
             }
         }

@@ -395,6 +395,17 @@ async fn scan_and_keys_list_only_readable_keys() {
     assert!(monitor.starts_with("-NOPERM "), "{monitor}");
     let list = text(&rep.call(&[b"CLIENT", b"LIST"]).await);
     assert!(list.starts_with("-NOPERM "), "{list}");
+    // Inside MULTI the reply could not be filtered: refused, and EXEC aborts.
+    assert_resp!(rep.call(&[b"MULTI"]).await, b"+OK\r\n");
+    let queued = text(&rep.call(&[b"KEYS", b"*"]).await);
+    assert!(queued.starts_with("-NOPERM "), "{queued}");
+    assert!(text(&rep.call(&[b"EXEC"]).await).starts_with("-EXECABORT"));
+    // SORT BY reads keys it does not name.
+    let sort = text(
+        &rep.call(&[b"SORT", b"analytics:a:b", b"BY", b"session:*"])
+            .await,
+    );
+    assert!(sort.starts_with("-"), "{sort}");
     // INFO sections without the keyspace are Redis's own.
     let info = text(&rep.call(&[b"INFO", b"server"]).await);
     assert!(info.contains("redis_version"), "{info}");
@@ -418,6 +429,13 @@ async fn hello_3_auth_logs_in_and_reaches_redis_without_the_credentials() {
     // RESP3 from here on: a map reply.
     let all = c.call(&[b"HGETALL", b"session:8"]).await;
     assert_resp!(all, b"%0\r\n");
+    // RESET logs out, as in Redis: the default identity again.
+    assert_resp!(c.call(&[b"RESET"]).await, b"+RESET\r\n");
+    let after = text(&c.call(&[b"GET", b"session:7"]).await);
+    assert!(
+        after.starts_with("-NOPERM") && after.contains("'get'"),
+        "{after}"
+    );
 
     let mut bad = Raw::connect(e.proxy.local_addr).await;
     let r = bad.call(&[b"HELLO", b"3", b"AUTH", b"web", b"wrong"]).await;

@@ -9,7 +9,7 @@ use crate::codec::{self, Argv, Request};
 use crate::command::CommandSpec;
 use crate::metrics::Outcome;
 use crate::policy::auth::{self, Gate};
-use crate::policy::{Policy, PolicyAction, Rule};
+use crate::policy::{PolicyAction, Rule, NS_NONE};
 
 use super::{Conn, Slot};
 
@@ -18,7 +18,6 @@ impl Conn {
     /// with here (`handle`'s return value); `None` to go on as usual.
     pub(super) fn identity_gate(
         &mut self,
-        policy: &Policy,
         spec: Option<&'static CommandSpec>,
         argv: &Argv<'_>,
     ) -> Option<bool> {
@@ -34,13 +33,29 @@ impl Conn {
             );
             return Some(true);
         }
+        // Taken out for the call rather than cloned: no reference count traffic per command.
+        let policy = self.policy.take()?;
         let metrics = &self.shared.metrics;
         let gate = self
             .auth
-            .gate(policy, spec, argv, &self.shared.auth_failures, &|label| {
+            .gate(&policy, spec, argv, &self.shared.auth_failures, &|label| {
                 metrics.auth_failure(label)
             });
+        self.policy = Some(policy);
         match gate {
+            Gate::Pass if self.multi.is_some() && self.filter_keys(spec).is_some() => {
+                // The EXEC reply is not filtered: listing keys there would show them all.
+                self.scratch.clear();
+                self.scratch
+                    .actions
+                    .push((NS_NONE, PolicyAction::Rejected(Rule::Permission)));
+                self.quiet = self.take_quiet();
+                self.refuse(
+                    "NOPERM SCAN and KEYS inside MULTI are refused for an identity that may not read every key",
+                    cmd,
+                );
+                Some(true)
+            }
             Gate::Pass => None,
             Gate::Answer(reply) => {
                 self.scratch.clear();
@@ -103,9 +118,12 @@ impl Conn {
     /// `Some(scan)` when the reply to `spec` lists keys that must be filtered for this
     /// client's identity.
     pub(super) fn filter_keys(&self, spec: Option<&'static CommandSpec>) -> Option<bool> {
-        let scan = auth::lists_keys(spec)?;
+        // Asked for every command: the cheap tests first.
         let clients = self.policy.as_deref()?.clients()?;
-        self.auth.restricted(clients).then_some(scan)
+        if !self.auth.restricted(clients) {
+            return None;
+        }
+        auth::lists_keys(spec)
     }
 
     /// The `SCAN`/`KEYS` reply with only the keys the identity may read, under the rules in

@@ -228,6 +228,17 @@ impl ClientAuth {
             }
             _ => {}
         }
+        if spec.is_some_and(|s| s.name == "RESET") {
+            // RESET logs the connection out, as in Redis; a certificate still names it.
+            if matches!(self.how, How::Password(_)) {
+                self.how = if self.cert_names.is_empty() {
+                    How::Default
+                } else {
+                    How::Certificate
+                };
+                self.id = self.resolve(clients);
+            }
+        }
         let Some(ident) = self.id.and_then(|i| clients.get(i)) else {
             if spec.is_some_and(|s| s.is(CMD_NO_AUTH)) {
                 return Gate::Pass;
@@ -281,6 +292,11 @@ impl ClientAuth {
                 argv.get(1).unwrap_or_default(),
                 argv.get(2).unwrap_or_default(),
             ),
+            1 => {
+                return Gate::Answer(Bytes::from_static(
+                    b"-ERR wrong number of arguments for 'auth' command\r\n",
+                ))
+            }
             _ => return Gate::Answer(Bytes::from_static(b"-ERR syntax error\r\n")),
         };
         if argv.len() == 2

@@ -307,7 +307,8 @@ pub struct Denied {
 /// for an identity that cannot read every key (`SCAN` and `KEYS` are filtered instead).
 fn reveals_keyspace(spec: &CommandSpec, argv: &Argv<'_>) -> bool {
     match spec.name {
-        "DBSIZE" | "RANDOMKEY" | "MONITOR" | "CLIENT|LIST" => true,
+        // SLOWLOG GET shows other clients' arguments, keys included.
+        "DBSIZE" | "RANDOMKEY" | "MONITOR" | "CLIENT|LIST" | "SLOWLOG|GET" => true,
         "INFO" => {
             // INFO without sections, or with default/all/everything/keyspace, has the
             // keyspace section (key counts per database).
@@ -402,6 +403,15 @@ impl Identity {
                     "NOPERM this user has no permissions to run the '{}' command: it reveals keys of namespaces identity '{}' may not read",
                     spec.name.to_ascii_lowercase(),
                     self.name
+                ),
+                namespace: NS_NONE,
+            });
+        }
+        if self.restricted && spec.reads_pattern_keys(argv) {
+            return Err(Denied {
+                message: format!(
+                    "NOPERM this user has no permissions to access one of the keys used as arguments: {} with a BY or GET pattern reads keys of any namespace, which identity '{}' may not",
+                    spec.name, self.name
                 ),
                 namespace: NS_NONE,
             });
@@ -823,6 +833,24 @@ mod tests {
         assert!(CommandSet::parse("get").is_err());
         let cfg = CommandSet::parse("+@all -config").unwrap();
         assert!(!cfg.allows(row("config|get")));
+    }
+
+    #[test]
+    fn configuration_problems_name_the_field() {
+        use crate::config::{Config, Overrides};
+        let yaml = "policy:\n  namespaces:\n    s:\n      keys: [\"s:{id}\"]\n  clients:\n    web:\n      password_env: RESPGUARD_TEST_UNSET_VARIABLE\n      namespaces: { s: rw, nosuch: read }\n      commands: \"+@nosuch\"\n    worker:\n      namespaces: { s: read }\n";
+        let err = Config::parse(yaml, "t.yaml", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "t.yaml:7: policy.clients.web.password_env",
+            "t.yaml:8: policy.clients.web.namespaces.s",
+            "policy.clients.web.namespaces.nosuch",
+            "t.yaml:9: policy.clients.web.commands",
+            "t.yaml:10: policy.clients.worker",
+        ] {
+            assert!(err.contains(want), "{want} missing from:\n{err}");
+        }
     }
 
     #[test]
