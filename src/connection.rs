@@ -619,6 +619,10 @@ impl Conn {
         // Kept across iterations: a fresh `changed()` per wakeup would register with and
         // leave the shutdown signal's waiter list every time.
         let mut phase = std::pin::pin!(next_phase(shutdown.clone()));
+        // Only a logged-in client can lose its identity in a reload; the others pick up a
+        // new policy at their next command.
+        let mut reload = std::pin::pin!(next_reload(self.shared.policy_watch()));
+        let mut reload_open = true;
         let mut client_eof = false;
         loop {
             // Metrics are current whenever the task waits.
@@ -788,6 +792,11 @@ impl Conn {
                         tracing::debug!("client idle for idle_timeout; closing");
                         return Ok(());
                     }
+                }
+                (r, rx) = &mut reload, if reload_open && self.auth.logged_in() => {
+                    reload.set(next_reload(rx));
+                    reload_open = r.is_ok();
+                    self.refresh_policy();
                 }
                 _ = sleep_until(self.auth_hold.as_ref().map(|h| h.0)), if self.auth_hold.is_some() => {
                     self.release_auth_hold();
@@ -2041,6 +2050,13 @@ async fn next_phase(
     Result<(), watch::error::RecvError>,
     watch::Receiver<crate::listener::ShutdownPhase>,
 ) {
+    let r = rx.changed().await;
+    (r, rx)
+}
+
+async fn next_reload(
+    mut rx: watch::Receiver<u64>,
+) -> (Result<(), watch::error::RecvError>, watch::Receiver<u64>) {
     let r = rx.changed().await;
     (r, rx)
 }

@@ -56,6 +56,9 @@ pub struct Shared {
     client_cap: AtomicUsize,
     /// Failed logins per client address (`policy.clients`).
     pub auth_failures: crate::policy::auth::Failures,
+    /// Told the policy generation on every reload, so a session whose identity was removed
+    /// closes at once rather than at its next command.
+    policy_changed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -72,6 +75,7 @@ impl Shared {
             output_bytes: AtomicUsize::new(0),
             client_cap: AtomicUsize::new(usize::MAX),
             auth_failures: crate::policy::auth::Failures::default(),
+            policy_changed: watch::Sender::new(0),
         }
     }
 
@@ -129,7 +133,13 @@ impl Shared {
             Ok(mut g) => *g = policy,
             Err(p) => *p.into_inner() = policy,
         }
-        self.policy_gen.fetch_add(1, Ordering::AcqRel);
+        let gen = self.policy_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.policy_changed.send_replace(gen);
+    }
+
+    /// A receiver told of every reload.
+    pub fn policy_watch(&self) -> watch::Receiver<u64> {
+        self.policy_changed.subscribe()
     }
 
     /// Per-namespace metric handles for the policy in force.

@@ -558,6 +558,11 @@ async fn a_reload_applies_to_connected_clients_and_closes_removed_identities() {
         ana.call(&[b"SET", b"analytics:a:b", b"v"]).await,
         b"+OK\r\n"
     );
+    let mut subscriber = login(&e, "analytics", ANALYTICS_PASSWORD).await;
+    assert_resp!(
+        subscriber.call(&[b"SUBSCRIBE", b"notify:1"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\nnotify:1\r\n:1\r\n"
+    );
 
     let cfg = common::config(&policy(e.dir.path(), "read", false), &e.redis.url());
     e.proxy.shared.install(cfg);
@@ -569,9 +574,10 @@ async fn a_reload_applies_to_connected_clients_and_closes_removed_identities() {
         "session",
     );
     assert_resp!(web.call(&[b"GET", b"session:1"]).await, b"$1\r\nv\r\n");
-    // The analytics identity is gone: its connection is closed at its next command.
-    ana.cmd(&[b"GET", b"analytics:a:b"]).await;
+    // The analytics identity is gone: its connections are closed without waiting for a
+    // command, a subscriber's included.
     assert!(ana.closed_within(Duration::from_secs(5)).await);
+    assert!(subscriber.closed_within(Duration::from_secs(5)).await);
     let mut again = Raw::connect(e.proxy.local_addr).await;
     let r = text(
         &again

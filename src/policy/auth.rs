@@ -182,6 +182,11 @@ impl ClientAuth {
         }
     }
 
+    /// Whether the client logged in (password or certificate) rather than being `default`.
+    pub fn logged_in(&self) -> bool {
+        self.how != How::Default
+    }
+
     /// The identity's name, for logs.
     pub fn name<'p>(&self, clients: &'p Clients) -> Option<&'p str> {
         self.id
