@@ -817,6 +817,16 @@ mod tests {
         let del = del.argv();
         lookup(&del).unwrap().keys(&del, &mut keys).unwrap();
         assert_eq!(Access::needed(keys[0].flags), Access::WRITE);
+        // MIGRATE reads its keys and deletes them here.
+        let mig = crate::codec::OwnedArgv::new(&[
+            b"MIGRATE", b"h", b"1", b"", b"0", b"5000", b"KEYS", b"a", b"b",
+        ]);
+        let mig = mig.argv();
+        lookup(&mig).unwrap().keys(&mig, &mut keys).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys
+            .iter()
+            .all(|k| Access::needed(k.flags) == Access::READWRITE));
     }
 
     #[test]
