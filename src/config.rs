@@ -232,7 +232,7 @@ pub struct UpstreamConfig {
     /// client its own from the start.
     pub shared_connections: usize,
     /// Set for `rediss://` URLs.
-    pub tls: Option<crate::tls::UpstreamTls>,
+    pub tls: Option<crate::net::tls::UpstreamTls>,
 }
 
 /// A Unix socket listener for clients on the same host (a pod's shared volume).
@@ -248,7 +248,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub unix_socket: Option<UnixListen>,
     /// A TLS listener, next to the plain one.
-    pub tls: Option<crate::tls::ListenerTls>,
+    pub tls: Option<crate::net::tls::ListenerTls>,
     pub admin: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub limits: Limits,
@@ -529,8 +529,8 @@ fn upstream_tls(
     addr: Option<&UpstreamAddr>,
     url_line: Option<u64>,
     p: &mut Problems<'_>,
-) -> Option<crate::tls::UpstreamTls> {
-    use crate::tls::{TlsField, TlsFiles, UpstreamTls};
+) -> Option<crate::net::tls::UpstreamTls> {
+    use crate::net::tls::{TlsField, TlsFiles, UpstreamTls};
     let empty = RawUpstreamTls::default();
     let t = raw.unwrap_or(&empty);
     let all = [&t.ca_file, &t.cert_file, &t.key_file, &t.server_name];
@@ -549,14 +549,14 @@ fn upstream_tls(
         UpstreamAddr::Unix(_) => return None,
     };
     let name = match &t.server_name {
-        Some(v) => match crate::tls::server_name(&v.value) {
+        Some(v) => match crate::net::tls::server_name(&v.value) {
             Ok(n) => n,
             Err(e) => {
                 p.at(v, "upstream.tls.server_name", e);
                 return None;
             }
         },
-        None => match crate::tls::server_name(&host) {
+        None => match crate::net::tls::server_name(&host) {
             Ok(n) => n,
             Err(e) => {
                 p.add(url_line, "upstream.url", e);
@@ -623,8 +623,11 @@ fn unix_listen(raw: &RawUnixSocket, p: &mut Problems<'_>) -> Option<UnixListen> 
     })
 }
 
-fn listener_tls(raw: &RawListenerTls, p: &mut Problems<'_>) -> Option<crate::tls::ListenerTls> {
-    use crate::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
+fn listener_tls(
+    raw: &RawListenerTls,
+    p: &mut Problems<'_>,
+) -> Option<crate::net::tls::ListenerTls> {
+    use crate::net::tls::{ClientAuth, ListenerTls, TlsField, TlsFiles};
     let all = [
         &raw.listen,
         &raw.cert_file,

@@ -1,44 +1,38 @@
 //! respguard: a RESP (Redis protocol) sidecar proxy that enforces a cache policy.
 //!
-//! Modules in the order a command flows through them:
+//! Modules in the order a command flows through them; each depends only on those below it in
+//! the layer order checked by `scripts/check-layers`
+//! (`codec`, `command`, `net`, `policy`, `config`, `metrics`, `upstream`, `proxy`, `audit`,
+//! `stats`):
 //!
-//! - [`transport`]: the client's stream, TCP or Unix (a Unix listener or a TLS bridge).
-//! - [`listener`]: accepts clients, enforces the client limit, drains on shutdown; [`Proxy`]
-//!   is the handle to a running proxy.
-//! - [`connection`]: one task per client; batches reads and writes, pairs replies with
-//!   commands, tracks connection state (RESP3, pub/sub, MULTI, MONITOR).
+//! - [`net`]: byte streams (TCP, Unix, the TLS bridge) and reads and writes that never wait.
+//! - [`proxy`]: the listener that accepts clients, the per-client session (request intake,
+//!   reply pairing, transactions, pub/sub, MONITOR and `CLIENT REPLY`, driven by one
+//!   `select!`), shared state and shutdown, the admin endpoint, reloads. [`Proxy`] is the
+//!   handle to a running proxy.
 //! - [`codec`]: bounded, non-recursive scanning of RESP requests and replies.
 //! - [`command`]: the command table: one row per Redis command with its key positions,
 //!   read/write flags and TTL-bearing arguments.
 //! - [`policy`]: the policy stages, returning a [`policy::Verdict`] per command.
-//! - [`multiplex`]: shared upstream connections for clients without connection state, and the
-//!   rule for when a client is pinned to its own.
-//! - [`upstream`]: connecting to Redis (TCP or Unix socket) and the proxy's handshake.
-//! - [`tls`]: certificate material, handshakes with named causes, and the bridge that gives
-//!   the session a plain stream for a TLS connection.
+//! - [`upstream`]: how a session reaches Redis ([`upstream::Link`]): connecting and the
+//!   proxy's handshake, shared connections for clients without connection state, dedicated
+//!   ones for the rest.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` over HTTP.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
-//! - [`reload`]: applying a changed configuration without a restart.
 //! - [`stats`]: `respguard stats`, the terminal view of a running proxy's metrics.
 //! - [`audit`]: `respguard audit`, an existing Redis measured against the policy.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod config;
-pub mod connection;
-pub mod listener;
 pub mod metrics;
-pub mod multiplex;
+pub mod net;
 pub mod policy;
-pub mod reload;
+pub mod proxy;
 pub mod stats;
-pub mod tls;
-pub mod transport;
 pub mod upstream;
 
 pub use config::Config;
-pub use listener::Proxy;
+pub use proxy::Proxy;

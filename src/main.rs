@@ -8,8 +8,9 @@ use bytes::BytesMut;
 use respguard::codec::{encode_command, Limits};
 use respguard::config::{Config, Overrides, UpstreamConfig, EXIT_BAD_CONFIG};
 use respguard::policy::PolicyConfig;
+use respguard::proxy::reload;
 use respguard::upstream::Upstream;
-use respguard::{reload, Proxy};
+use respguard::Proxy;
 
 const USAGE: &str = "\
 respguard: a policy-enforcing Redis (RESP) sidecar proxy

@@ -347,39 +347,6 @@ impl ClientAuth {
     }
 }
 
-/// The names a client certificate (DER) carries: its subject CNs, then its DNS, email, URI
-/// and IP address SANs. Empty when it cannot be parsed (the handshake already verified it).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-        .collect();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-                    names.push((*s).to_string())
-                }
-                GeneralName::IPAddress(b) => {
-                    let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
-                        _ => None,
-                    };
-                    names.extend(ip.map(|i| i.to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    names
-}
-
 /// Keeps only the keys `keep` accepts in a `KEYS` reply (`scan: false`) or in the key list of
 /// a `SCAN` reply, cursor untouched. `None` when the reply is not of that shape (an error):
 /// it is then forwarded as it is.

@@ -1,11 +1,9 @@
-//! The upstream side: one connection to Redis per client connection.
-//!
-//! Connections are never shared between clients, so per-connection Redis state (`SELECT`,
-//! `AUTH`, `CLIENT SETNAME`, `MULTI`, subscriptions, blocking commands) behaves exactly as it
-//! does against Redis directly. This module owns connecting (TCP or Unix socket, with the
-//! configured timeout), TLS when the URL is `rediss://` (see [`crate::tls`]: a TLS connection
-//! reaches the session as the plain end of a bridge, so nothing past this module knows), and
-//! the proxy's own handshake (`AUTH`, `SELECT`) before any client byte is forwarded.
+//! Connecting to Redis: TCP or Unix socket with the configured timeout, TLS when the URL is
+//! `rediss://` (see [`crate::net::tls`]: a TLS connection reaches the session as the plain end
+//! of a bridge, so nothing past this module knows), the proxy's own handshake (`AUTH`,
+//! `SELECT`) before any client byte is forwarded, and one-off calls (readiness `PING`, the
+//! audit's questions). The halves of a connected socket ([`UpRead`], [`UpWrite`]) are what the
+//! session's dedicated connection and the shared connections drive by readiness.
 
 use std::io;
 
@@ -40,8 +38,8 @@ impl UpRead {
     /// Reads what is available now without waiting; `Ok(None)` when nothing is.
     pub fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         match self {
-            UpRead::Tcp(s) => crate::connection::read_now(s, buf),
-            UpRead::Unix(s) => crate::connection::read_now(s, buf),
+            UpRead::Tcp(s) => crate::net::io::read_now(s, buf),
+            UpRead::Unix(s) => crate::net::io::read_now(s, buf),
         }
     }
 }
@@ -99,7 +97,7 @@ impl UpstreamError {
     }
 }
 
-/// A connected upstream socket. Readiness-based I/O through `&self` lets the connection task
+/// A connected upstream socket. Readiness-based I/O through `&self` lets the session
 /// wait on reading and writing both sockets in one `select!` without splitting them.
 #[derive(Debug)]
 pub enum Upstream {
@@ -136,7 +134,7 @@ impl Upstream {
         }
     }
 
-    /// Splits into halves the connection task can wait on independently.
+    /// Splits into halves a session or shared connection can wait on independently.
     pub fn into_split(self) -> (UpRead, UpWrite) {
         match self {
             Upstream::Tcp(s) => {

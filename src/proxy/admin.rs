@@ -10,14 +10,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::listener::Shared;
+use super::shared::{Shared, ShutdownPhase};
 use crate::upstream::Upstream;
 
 /// Serves admin requests until shutdown.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<crate::listener::ShutdownPhase>,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
 ) {
     loop {
         tokio::select! {

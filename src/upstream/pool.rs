@@ -1,4 +1,5 @@
-//! Multiplexed upstream connections for clients that have no connection state yet.
+//! The shared-connection pool: multiplexed upstream connections for clients that have no
+//! connection state yet.
 //!
 //! A client that has only sent stateless commands (reads, writes, scripts: nothing that
 //! selects a database, authenticates, subscribes, blocks, watches or names the connection)
@@ -8,8 +9,8 @@
 //! of a proxy's cost, and an idle client holds no upstream connection at all.
 //!
 //! The first command that depends on or changes connection state *pins* the client: it waits
-//! until its shared replies are in, gets a dedicated connection, and keeps it for good. See
-//! [`shareable`] for the rule.
+//! until its shared replies are in, gets a dedicated connection, and keeps it for good (see
+//! [`super::Link`]). See [`shareable`] for the rule.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,20 +20,20 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::connect::{UpRead, UpWrite, Upstream, UpstreamError};
+use super::Env;
 use crate::codec::ReplyScanner;
 use crate::command::{
     CommandSpec, ACL_BLOCKING, ACL_CONNECTION, ACL_PUBSUB, ACL_TRANSACTION, CMD_BLOCKING,
     CMD_NO_MULTI,
 };
-use crate::listener::Shared;
-use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
 
 /// Whether a command may run on a shared connection without the client noticing.
 ///
 /// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
 /// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
 /// `WAIT` (it waits on the connection's own writes) and `DEBUG`. Unknown commands are never
-/// shared either (their effect cannot be known; see the connection's command traits).
+/// shared either (their effect cannot be known; see the session's command traits).
 /// `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed. (`PING`
 /// behaves differently only in subscribe mode or RESP3, and both pin.)
 pub fn shareable(spec: &CommandSpec) -> bool {
@@ -96,7 +97,7 @@ pub struct Pool {
 impl Pool {
     /// Starts `n` shared-connection tasks. They hold only a weak reference to the proxy and
     /// end when the pool is dropped.
-    pub fn start(n: usize, shared: Weak<Shared>) -> Pool {
+    pub fn start<E: Env>(n: usize, shared: Weak<E>) -> Pool {
         let conns = (0..n.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -124,7 +125,7 @@ struct Waiting {
 }
 
 /// One shared connection: writes jobs, splits replies back to their clients.
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
+async fn run<E: Env>(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<E>) {
     let mut rd: Option<UpRead> = None;
     let mut wr: Option<UpWrite> = None;
     let mut out = BytesMut::new();
@@ -146,7 +147,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                             wr = Some(w);
                         }
                         Err(e) => {
-                            sh.metrics.upstream_error(e.kind());
+                            sh.metrics().upstream_error(e.kind());
                             tracing::warn!(error = %e, "shared upstream connection failed");
                             refuse(job, &e);
                             while let Ok(j) = rx.try_recv() {
@@ -163,7 +164,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                 }
                 if let Some(w) = wr.as_ref() {
                     if let Err(e) = flush(w, &mut out) {
-                        fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
+                        fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                     }
                 }
             }
@@ -177,7 +178,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                         }
                         match r.read_now(&mut inb) {
                             Ok(Some(0)) => Err(UpstreamError::Closed),
-                            Ok(Some(_)) => dispatch(&mut inb, &mut fifo, &mut scanner, &sh),
+                            Ok(Some(_)) => dispatch(&mut inb, &mut fifo, &mut scanner, &*sh),
                             Ok(None) => Ok(()),
                             Err(e) => Err(UpstreamError::Io(e)),
                         }
@@ -185,7 +186,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     (Ok(()), None) => Ok(()),
                 };
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e);
+                    fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e);
                 }
             }
             r = async { match wr.as_ref() { Some(w) => w.writable().await, None => std::future::pending().await } }, if want_write => {
@@ -195,7 +196,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, shared: Weak<Shared>) {
                     None => Ok(()),
                 });
                 if let Err(e) = res {
-                    fail(&sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
+                    fail(&*sh, &mut rd, &mut wr, (&mut out, &mut inb, &mut scanner), &mut fifo, e.into());
                 }
             }
         }
@@ -224,14 +225,14 @@ fn refuse(job: Job, e: &UpstreamError) {
 
 /// The connection broke: every client with commands in flight loses them.
 fn fail(
-    sh: &Shared,
+    sh: &impl Env,
     rd: &mut Option<UpRead>,
     wr: &mut Option<UpWrite>,
     (out, inb, scanner): (&mut BytesMut, &mut BytesMut, &mut ReplyScanner),
     fifo: &mut VecDeque<Waiting>,
     e: UpstreamError,
 ) {
-    sh.metrics.upstream_error(e.kind());
+    sh.metrics().upstream_error(e.kind());
     tracing::warn!(error = %e, clients = fifo.len(), "shared upstream connection failed");
     *rd = None;
     *wr = None;
@@ -253,7 +254,7 @@ fn dispatch(
     inb: &mut BytesMut,
     fifo: &mut VecDeque<Waiting>,
     scanner: &mut ReplyScanner,
-    sh: &Shared,
+    sh: &impl Env,
 ) -> Result<(), UpstreamError> {
     // A shared connection carries many clients' replies: nothing is bounded here (the
     // scanner's stack grows with the reply's bytes, not by recursion); each client applies its
@@ -331,5 +332,5 @@ fn deliver(w: &Waiting, chunk: Bytes, max_buffered: usize) {
 }
 
 fn flush(w: &UpWrite, out: &mut BytesMut) -> io::Result<()> {
-    crate::connection::write_now(out, |b| w.try_write(b))
+    crate::net::io::write_now(out, |b| w.try_write(b))
 }

@@ -11,9 +11,9 @@ use crate::metrics::Outcome;
 use crate::policy::auth::{self, Gate};
 use crate::policy::{PolicyAction, Rule, NS_NONE};
 
-use super::{Conn, Slot};
+use super::{Session, Slot};
 
-impl Conn {
+impl Session {
     /// Runs the identity checks for one command. `Some(done)` when the command was dealt
     /// with here (`handle`'s return value); `None` to go on as usual.
     pub(super) fn identity_gate(
@@ -105,7 +105,7 @@ impl Conn {
         }
     }
 
-    /// Answers the failed login held back by [`Conn::identity_gate`], then reads on.
+    /// Answers the failed login held back by [`Session::identity_gate`], then reads on.
     pub(super) fn release_auth_hold(&mut self) {
         if let Some((_, reply, cmd)) = self.auth_hold.take() {
             self.scratch.clear();

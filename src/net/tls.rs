@@ -390,7 +390,7 @@ impl ListenerTls {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| crate::policy::auth::certificate_names(c))
+            .map(|c| certificate_names(c))
             .unwrap_or_default();
         let plain = bridge(tls).map_err(|e| HandshakeFailure {
             reason: "io",
@@ -398,6 +398,39 @@ impl ListenerTls {
         })?;
         Ok((plain, names))
     }
+}
+
+/// The names a client certificate (DER) carries: its subject CNs, then its DNS, email, URI
+/// and IP address SANs. Empty when it cannot be parsed (the handshake already verified it).
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    names.push((*s).to_string())
+                }
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|i| i.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    names
 }
 
 /// Reads one reply line (PING's answer is always a single line), up to a bound.
@@ -494,71 +527,4 @@ pub fn client_failure_reason(e: &std::io::Error) -> &'static str {
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{host:?} is neither a DNS name nor an IP address"))
-}
-
-/// Every certificate, key and CA file in force, with its content (`None` if unreadable).
-fn snapshot(cfg: &crate::config::Config) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    let files = cfg
-        .upstream
-        .tls
-        .iter()
-        .map(|t| &t.files)
-        .chain(cfg.tls.iter().map(|t| &t.files));
-    files
-        .flat_map(|f| [&f.ca_file, &f.cert_file, &f.key_file])
-        .flatten()
-        .map(|p| (p.clone(), std::fs::read(p).ok()))
-        .collect()
-}
-
-/// Rebuilds the TLS material from its files. A file that cannot be used changes nothing:
-/// the material in force stays, the problem is logged and counted.
-pub fn reload_now(shared: &crate::listener::Shared) {
-    let cfg = shared.config();
-    let results = cfg
-        .upstream
-        .tls
-        .iter()
-        .map(|t| ("upstream.tls", t.reload()))
-        .chain(cfg.tls.iter().map(|t| ("tls", t.reload())));
-    for (section, r) in results {
-        match r {
-            Ok(()) => {
-                shared.metrics.tls_reload(true);
-                tracing::info!(
-                    section,
-                    "TLS certificates reloaded; new handshakes use them"
-                );
-            }
-            Err(e) => {
-                shared.metrics.tls_reload(false);
-                tracing::error!(section, error = %e, "TLS certificate reload refused; the certificates in force stay");
-            }
-        }
-    }
-}
-
-/// Re-reads the TLS files on SIGHUP and whenever their content changes (polled every
-/// `every`; content rather than inode or mtime, for the symlink swap of a mounted secret).
-pub async fn watch(shared: std::sync::Weak<crate::listener::Shared>, every: Duration) {
-    let Some(first) = shared.upgrade() else {
-        return;
-    };
-    let mut last = snapshot(&first.config());
-    if last.is_empty() {
-        return;
-    }
-    drop(first);
-    let mut trigger = crate::reload::Trigger::new(every);
-    loop {
-        let by_signal = trigger.next().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let now = snapshot(&shared.config());
-        if by_signal || now != last {
-            reload_now(&shared);
-            last = now;
-        }
-    }
 }

@@ -1,12 +1,12 @@
-//! The listener: accepts clients, enforces the client limit, spawns a connection task per
+//! The listener: accepts clients, enforces the client limit, spawns a session per
 //! client, and drains them on shutdown. [`Proxy`] is the running proxy's handle, used by
 //! `main` and by the integration tests alike.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -14,170 +14,16 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin;
+use super::admin;
+use super::shared::{Shared, ShutdownPhase};
 use crate::config::Config;
-use crate::metrics::{Metrics, NsTable};
-use crate::multiplex::Pool;
+use crate::net::stream::ClientStream;
 use crate::policy::auth::PeerInfo;
-use crate::policy::Policy;
-use crate::transport::ClientStream;
+use crate::upstream::Pool;
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
 /// handshake), with a description of where it came from for the log.
 type Incoming = (ClientStream, String, PeerInfo);
-
-/// Where the proxy is in its life; connections watch it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShutdownPhase {
-    Running,
-    /// Stop reading commands; deliver outstanding replies, then close.
-    Draining,
-    /// The grace period is over: close now.
-    Abort,
-}
-
-/// State shared by every connection of one proxy.
-pub struct Shared {
-    config: RwLock<Arc<Config>>,
-    policy: RwLock<Option<Arc<Policy>>>,
-    /// Bumped on every reload; connections compare it (one atomic load per read) to pick up a
-    /// new policy between batches, so a switch is atomic per command.
-    policy_gen: AtomicU64,
-    pub metrics: Metrics,
-    /// The namespace handle table of the current policy generation, built once per reload.
-    ns_table: Mutex<Option<(u64, Arc<NsTable>)>>,
-    clients: AtomicUsize,
-    /// Reply bytes held for clients that have not read them, for `max_total_output`.
-    /// Connections update it in steps, not per reply.
-    pub output_bytes: AtomicUsize,
-    /// Shared upstream connections for clients without connection state, if enabled.
-    pool: OnceLock<Pool>,
-    /// The most clients the open file limit allows (see [`clients_for_descriptors`]).
-    client_cap: AtomicUsize,
-    /// Failed logins per client address (`policy.clients`).
-    pub auth_failures: crate::policy::auth::Failures,
-    /// Told the policy generation on every reload, so a session whose identity was removed
-    /// closes at once rather than at its next command.
-    policy_changed: watch::Sender<u64>,
-}
-
-impl Shared {
-    pub fn new(config: Config) -> Shared {
-        let policy = config.policy.clone();
-        Shared {
-            config: RwLock::new(Arc::new(config)),
-            policy: RwLock::new(policy),
-            policy_gen: AtomicU64::new(0),
-            metrics: Metrics::new(),
-            ns_table: Mutex::new(None),
-            pool: OnceLock::new(),
-            clients: AtomicUsize::new(0),
-            output_bytes: AtomicUsize::new(0),
-            client_cap: AtomicUsize::new(usize::MAX),
-            auth_failures: crate::policy::auth::Failures::default(),
-            policy_changed: watch::Sender::new(0),
-        }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
-        match self.config.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn policy(&self) -> Option<Arc<Policy>> {
-        match self.policy.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn policy_generation(&self) -> u64 {
-        self.policy_gen.load(Ordering::Acquire)
-    }
-
-    /// Installs a new, already validated configuration. Addresses and limits that need a
-    /// restart keep their old values; the policy switches for commands read from now on.
-    pub fn install(&self, new: Config) {
-        let old = self.config();
-        if new.listen != old.listen
-            || new.admin != old.admin
-            || new.upstream != old.upstream
-            || new.unix_socket != old.unix_socket
-            || new
-                .tls
-                .as_ref()
-                .map(|t| (t.listen, &t.files, t.client_auth))
-                != old
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.listen, &t.files, t.client_auth))
-        {
-            tracing::warn!("listen, unix_socket, tls, admin and upstream changes take effect only after a restart");
-        }
-        let policy = new.policy.clone();
-        let mut merged = new;
-        merged.listen = old.listen;
-        merged.admin = old.admin;
-        merged.upstream = old.upstream.clone();
-        // The TLS material in force is replaced only by the certificate watcher.
-        merged.unix_socket = old.unix_socket.clone();
-        merged.tls = old.tls.clone();
-        match self.config.write() {
-            Ok(mut g) => *g = Arc::new(merged),
-            Err(p) => *p.into_inner() = Arc::new(merged),
-        }
-        match self.policy.write() {
-            Ok(mut g) => *g = policy,
-            Err(p) => *p.into_inner() = policy,
-        }
-        let gen = self.policy_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        self.policy_changed.send_replace(gen);
-    }
-
-    /// A receiver told of every reload.
-    pub fn policy_watch(&self) -> watch::Receiver<u64> {
-        self.policy_changed.subscribe()
-    }
-
-    /// Per-namespace metric handles for the policy in force.
-    pub fn namespace_table(&self) -> Arc<NsTable> {
-        let mut guard = match self.ns_table.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let gen = self.policy_generation();
-        if let Some((g, t)) = guard.as_ref() {
-            if *g == gen {
-                return t.clone();
-            }
-        }
-        let names: Vec<String> = self
-            .policy()
-            .map(|p| p.namespace_names().to_vec())
-            .unwrap_or_default();
-        let t = self.metrics.namespace_table(&names);
-        *guard = Some((gen, t.clone()));
-        t
-    }
-
-    pub fn pool(&self) -> Option<&Pool> {
-        self.pool.get()
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
-    }
-
-    /// `limits.max_clients`, lowered to what the open file limit allows.
-    pub fn max_clients(&self) -> usize {
-        self.config()
-            .max_clients
-            .min(self.client_cap.load(Ordering::Relaxed))
-    }
-}
 
 /// Descriptors kept for the process itself (listeners, the runtime, logs, admin requests),
 /// as Redis keeps 32 beyond `maxclients`.
@@ -259,7 +105,7 @@ impl Proxy {
                 .set(Pool::start(shared_conns, Arc::downgrade(&shared)));
         }
         let (shutdown, rx) = watch::channel(ShutdownPhase::Running);
-        tokio::spawn(crate::tls::watch(
+        tokio::spawn(super::reload::watch_tls(
             Arc::downgrade(&shared),
             Duration::from_secs(2),
         ));
@@ -358,7 +204,7 @@ async fn accept_unix(
 /// timeout, so a slow or failing client never holds up another.
 async fn accept_tls(
     listener: TcpListener,
-    tls: crate::tls::ListenerTls,
+    tls: crate::net::tls::ListenerTls,
     shared: Arc<Shared>,
     to: mpsc::Sender<Incoming>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
@@ -398,7 +244,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) {
-    // Every connection task holds a sender; when all are dropped, draining is complete.
+    // Every session holds a sender; when all are dropped, draining is complete.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let upkeep = {
         let shared = shared.clone();
@@ -466,7 +312,7 @@ fn admit(
     let shutdown = shutdown.clone();
     let done = done.clone();
     tokio::spawn(async move {
-        crate::connection::serve(stream, info, shared.clone(), shutdown).await;
+        super::session::serve(stream, info, shared.clone(), shutdown).await;
         shared.clients.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.client_connections.decrement(1.0);
         drop(done);

@@ -1,5 +1,5 @@
 //! The client side's byte streams: TCP, or a Unix socket (a Unix listener, or the plain end
-//! of a TLS client's bridge, see [`crate::tls`]). The session reads and writes them by
+//! of a TLS client's bridge, see [`crate::net::tls`]). The session reads and writes them by
 //! readiness and never learns which one it has.
 
 use std::io;
