@@ -200,30 +200,10 @@ fn strchr(buf: &[u8], stop: u8) -> Option<usize> {
     }
 }
 
-/// Parses a decimal integer line body of a reply. Rejects empty, signs other than a leading
-/// `-`, and overflow, so a hostile length can never wrap.
-#[inline]
-fn parse_int(s: &[u8]) -> Option<i64> {
-    let (neg, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        Some((b'+', rest)) => (false, rest),
-        _ => (false, s),
-    };
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
-    }
-    Some(if neg { -v } else { v })
-}
-
-/// Redis's `string2ll`, which reads request lengths: an optional `-`, then digits with no
-/// leading zero (a lone `0` aside), no `+`, no `-0`, at most 20 bytes, no overflow.
+/// Redis's `string2ll`, the one integer reader for both directions: request lengths, and the
+/// integers and lengths of replies (which Redis writes with `ll2string`, so they always read
+/// back). An optional `-`, then digits with no leading zero (a lone `0` aside), no `+`, no
+/// `-0`, at most 20 bytes, no overflow; `i64::MIN` reads.
 #[inline]
 pub fn string2ll(s: &[u8]) -> Option<i64> {
     if s.is_empty() || s.len() > 20 {
@@ -726,10 +706,10 @@ impl ReplyScanner {
             match t {
                 b'+' | b'-' | b'_' | b'#' | b',' | b'(' => {}
                 b':' => {
-                    parse_int(line).ok_or(ProtocolError::InvalidLine)?;
+                    string2ll(line).ok_or(ProtocolError::InvalidLine)?;
                 }
                 b'$' | b'!' | b'=' => {
-                    let len = parse_int(line).ok_or(ProtocolError::InvalidBulkLength)?;
+                    let len = string2ll(line).ok_or(ProtocolError::InvalidBulkLength)?;
                     if len >= 0 {
                         if len as u64 > limits.max_bulk_len as u64 {
                             return Err(ProtocolError::InvalidBulkLength);
@@ -750,7 +730,7 @@ impl ReplyScanner {
                     count = len;
                 }
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
-                    let n = parse_int(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
+                    let n = string2ll(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
                     if n < -1 || (t != b'*' && n < 0) {
                         return Err(ProtocolError::InvalidMultibulkLength);
                     }
@@ -806,9 +786,133 @@ impl ReplyScanner {
     }
 }
 
+/// True for the type byte of an error reply: a simple error `-`, or a RESP3 blob error `!`.
+#[inline]
+pub fn is_error(kind: u8) -> bool {
+    kind == b'-' || kind == b'!'
+}
+
+/// The integer on a reply's first line (`:5`, `*3`, `%2`, `$-1`), read like the reply scanner
+/// reads it ([`string2ll`]). `None` without a line end or for anything but a decimal integer.
+pub fn header_int(reply: &[u8]) -> Option<i64> {
+    let end = memchr::memchr(b'\r', reply)?;
+    string2ll(reply.get(1..end)?)
+}
+
+/// The elements of an aggregate reply, in order: see [`elements`].
+#[derive(Debug)]
+pub struct Elements<'b, 'l> {
+    reply: &'b [u8],
+    /// Offset of the next element's header.
+    pos: usize,
+    scanner: ReplyScanner,
+    limits: &'l Limits,
+}
+
+/// One element of an aggregate reply.
+#[derive(Clone, Copy, Debug)]
+pub struct Element<'b> {
+    /// Offset of the element in the walked reply.
+    pub at: usize,
+    pub frame: ReplyFrame,
+    /// The element's bytes, attribute prefix included.
+    pub bytes: &'b [u8],
+}
+
+impl<'b> Element<'b> {
+    /// The element's value, without an attribute that precedes it (type byte first).
+    pub fn value(&self) -> &'b [u8] {
+        self.bytes.get(self.frame.value_at..).unwrap_or_default()
+    }
+}
+
+/// Walks the elements of the aggregate whose header starts `reply` (an array, set, push or
+/// map: a map's keys and values are separate elements), one complete frame each. The walk
+/// ends at the end of `reply` or at the first element that is not a complete, valid frame.
+/// Allocation-free unless an element nests aggregates.
+pub fn elements<'b, 'l>(reply: &'b [u8], limits: &'l Limits) -> Elements<'b, 'l> {
+    let pos = memchr::memchr(b'\n', reply).map_or(reply.len(), |nl| nl + 1);
+    Elements {
+        reply,
+        pos,
+        scanner: ReplyScanner::new(),
+        limits,
+    }
+}
+
+impl<'b> Iterator for Elements<'b, '_> {
+    type Item = Element<'b>;
+
+    fn next(&mut self) -> Option<Element<'b>> {
+        let rest = self.reply.get(self.pos..).filter(|r| !r.is_empty())?;
+        let Ok(Some(frame)) = self.scanner.scan(rest, self.limits) else {
+            self.pos = self.reply.len();
+            return None;
+        };
+        let at = self.pos;
+        self.pos += frame.len;
+        Some(Element {
+            at,
+            frame,
+            bytes: rest.get(..frame.len)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elements_walks_each_complete_element_and_stops_at_a_broken_one() {
+        let limits = Limits::default();
+        let reply = b"*4\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n-ERR x\r\n|1\r\n+a\r\n+b\r\n:7\r\n";
+        let els: Vec<_> = elements(reply, &limits).collect();
+        assert_eq!(els.len(), 4);
+        assert_eq!(els[0].bytes, b"$3\r\nabc\r\n");
+        assert_eq!((els[0].at, els[0].frame.kind), (4, b'$'));
+        assert_eq!(els[1].bytes, b"$-1\r\n");
+        assert_eq!(els[2].bytes, b"*2\r\n:1\r\n-ERR x\r\n");
+        assert_eq!(els[2].frame.count, 2);
+        // An attribute is part of its element; the value follows it.
+        assert_eq!(els[3].bytes, b"|1\r\n+a\r\n+b\r\n:7\r\n");
+        assert_eq!(els[3].value(), b":7\r\n");
+        let at: usize = els.iter().map(|e| e.bytes.len()).sum::<usize>() + 4;
+        assert_eq!(at, reply.len());
+
+        // A map's keys and values are elements of their own.
+        assert_eq!(elements(b"%1\r\n+k\r\n:2\r\n", &limits).count(), 2);
+        // An empty aggregate, and a walk that meets an incomplete or invalid element.
+        assert_eq!(elements(b"*0\r\n", &limits).count(), 0);
+        assert_eq!(elements(b"*2\r\n:1\r\n$5\r\nab", &limits).count(), 1);
+        assert_eq!(elements(b"*2\r\n:1\r\n?x\r\n", &limits).count(), 1);
+        assert_eq!(elements(b"*2", &limits).count(), 0);
+    }
+
+    #[test]
+    fn errors_are_simple_and_blob_errors_only() {
+        assert!(is_error(b'-') && is_error(b'!'));
+        for kind in *b"+:$*%~>_#,(=|" {
+            assert!(!is_error(kind), "{}", kind as char);
+        }
+    }
+
+    #[test]
+    fn header_int_reads_the_first_line_as_the_scanner_does() {
+        assert_eq!(header_int(b":5\r\n"), Some(5));
+        assert_eq!(header_int(b"*3\r\n$1\r\na\r\n"), Some(3));
+        assert_eq!(header_int(b"$-1\r\n"), Some(-1));
+        assert_eq!(header_int(b":-9223372036854775808\r\n"), Some(i64::MIN));
+        assert_eq!(header_int(b":9223372036854775808\r\n"), None);
+        assert_eq!(header_int(b":+5\r\n"), None);
+        // Redis replies the smallest integer too (INCRBY down to it): a complete frame.
+        let min = b":-9223372036854775808\r\n";
+        let frame = ReplyScanner::new().scan(min, &Limits::default()).unwrap();
+        assert_eq!(frame.map(|f| f.len), Some(min.len()));
+        assert_eq!(header_int(b":\r\n"), None);
+        assert_eq!(header_int(b":5"), None);
+        assert_eq!(header_int(b"+OK\r\n"), None);
+    }
 
     fn split(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         let mut out = Vec::new();

@@ -19,6 +19,7 @@
 //!   ones for the rest.
 //! - [`metrics`]: counters and histograms, recorded once per command after its reply.
 //! - [`config`]: the YAML file, overrides, validation with every problem located.
+//! - [`diag`]: configuration problems with file, line and field; durations and sizes.
 //! - [`stats`]: `respguard stats`, the terminal view of a running proxy's metrics.
 //! - [`audit`]: `respguard audit`, an existing Redis measured against the policy.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod diag;
 pub mod metrics;
 pub mod net;
 pub mod policy;

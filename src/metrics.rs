@@ -14,8 +14,10 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::codec::{self, header_int};
+use crate::command::traits::{self, ReadKind};
 use crate::command::CommandSpec;
-use crate::policy::{NsId, NS_NONE, NS_UNMATCHED};
+use crate::policy::{NsId, PolicyAction, Rule, NS_NONE, NS_UNMATCHED};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -197,7 +199,50 @@ pub enum Lookup {
 /// Sensitive-field counters of one (namespace, action), by field label.
 type FieldCounters = HashMap<String, Counter>;
 
-/// Label values of `respguard_ttl_enforced_total{action}`.
+/// What the TTL rules did to a command, as `respguard_ttl_enforced_total{action}` counts it.
+/// The policy reports finer [`PolicyAction`]s (its audit log tells a default from an appended
+/// `EXPIRE`); [`TtlCounter::of`] is the one place they map onto these counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TtlCounter {
+    /// An expiry was given to a write without one (`SET` gained `EX`, or an `EXPIRE ... NX`
+    /// was appended).
+    Added,
+    /// An expiry above the namespace maximum was lowered to it.
+    Clamped,
+    /// An expiry below the namespace minimum was raised to it.
+    Raised,
+    /// The command was refused for its expiry (out of bounds with `on_violation: reject`,
+    /// or `PERSIST`).
+    Refused,
+}
+
+impl TtlCounter {
+    /// Every counter, in the order of [`TTL_ACTIONS`].
+    pub const ALL: [TtlCounter; 4] = [
+        TtlCounter::Added,
+        TtlCounter::Clamped,
+        TtlCounter::Raised,
+        TtlCounter::Refused,
+    ];
+
+    /// The `action` label value.
+    pub fn label(self) -> &'static str {
+        TTL_ACTIONS[self as usize]
+    }
+
+    /// The counter a policy action moves, if any.
+    pub fn of(action: PolicyAction) -> Option<TtlCounter> {
+        match action {
+            PolicyAction::TtlDefault | PolicyAction::TtlAppended => Some(TtlCounter::Added),
+            PolicyAction::TtlLowered => Some(TtlCounter::Clamped),
+            PolicyAction::TtlRaised => Some(TtlCounter::Raised),
+            PolicyAction::Rejected(Rule::Ttl | Rule::Persist) => Some(TtlCounter::Refused),
+            PolicyAction::Rejected(_) => None,
+        }
+    }
+}
+
+/// Label values of `respguard_ttl_enforced_total{action}`, indexed by [`TtlCounter`].
 pub const TTL_ACTIONS: [&str; 4] = ["added", "clamped", "raised", "refused"];
 
 /// Per-namespace handles for one policy generation. Namespace ids index `names`; a reload
@@ -283,7 +328,18 @@ impl NsTable {
         }
     }
 
-    /// Counts a TTL action; `action` indexes [`TTL_ACTIONS`].
+    /// Counts what the policy did to one command in namespace `ns`: its TTL counter and, for
+    /// a refusal, the rejection by rule.
+    pub fn policy_action(&self, ns: NsId, action: PolicyAction) {
+        if let Some(c) = TtlCounter::of(action) {
+            self.ttl(ns, c as usize);
+        }
+        if let PolicyAction::Rejected(rule) = action {
+            self.rejection(ns, rule.label());
+        }
+    }
+
+    /// Counts a TTL action; `action` indexes [`TTL_ACTIONS`] (a [`TtlCounter`] as `usize`).
     pub fn ttl(&self, ns: NsId, action: usize) {
         let slot = self.slot(ns);
         let counters = self.ttl[slot].get_or_init(|| {
@@ -622,47 +678,9 @@ impl Default for Metrics {
     }
 }
 
-/// How a read command's reply turns into hits and misses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReadKind {
-    /// Not counted.
-    None,
-    /// One value: nil is a miss (`GET`, `GETEX`, `GETDEL`, `HGET`, `JSON.GET`).
-    Value,
-    /// An array with one value per key, nil a miss (`MGET`).
-    PerKey,
-    /// An array with one value per field of one key (`HMGET`).
-    PerField,
-    /// A collection: empty is a miss (`HGETALL`, `LRANGE`, `SMEMBERS`, `ZRANGE`).
-    Collection,
-    /// An integer count of the keys or fields that exist (`EXISTS`, `HEXISTS`).
-    Count,
-}
-
-fn read_kinds() -> &'static [ReadKind] {
-    static KINDS: OnceLock<Vec<ReadKind>> = OnceLock::new();
-    KINDS.get_or_init(|| {
-        let mut v = vec![ReadKind::None; CommandSpec::count()];
-        for spec in CommandSpec::all() {
-            let kind = match spec.name {
-                "GET" | "GETEX" | "GETDEL" | "HGET" | "JSON.GET" => ReadKind::Value,
-                "MGET" => ReadKind::PerKey,
-                "HMGET" => ReadKind::PerField,
-                "HGETALL" | "LRANGE" | "SMEMBERS" | "ZRANGE" => ReadKind::Collection,
-                "EXISTS" | "HEXISTS" => ReadKind::Count,
-                _ => ReadKind::None,
-            };
-            if let Some(slot) = v.get_mut(spec.index()) {
-                *slot = kind;
-            }
-        }
-        v
-    })
-}
-
+/// How the command's reply counts as hits and misses ([`traits::Traits::read`]).
 fn read_kind(cmd: Option<usize>) -> ReadKind {
-    cmd.and_then(|i| read_kinds().get(i).copied())
-        .unwrap_or(ReadKind::None)
+    cmd.map_or(ReadKind::None, |i| traits::by_index(i).read)
 }
 
 /// True for commands whose replies count as hits or misses.
@@ -680,12 +698,6 @@ fn is_nil(v: &[u8]) -> bool {
     v.starts_with(b"$-1\r\n") || v.starts_with(b"*-1\r\n") || v.starts_with(b"_\r\n")
 }
 
-/// The header integer of a reply line (`:5`, `*3`, `%2`), if any.
-fn header_int(v: &[u8]) -> Option<i64> {
-    let end = memchr::memchr(b'\r', v)?;
-    std::str::from_utf8(v.get(1..end)?).ok()?.parse().ok()
-}
-
 /// Counts the hits and misses in one successful reply of a read command.
 ///
 /// `nkeys` is the number of keys the command named (for `EXISTS`); `key_ns` the namespace of
@@ -698,7 +710,7 @@ pub fn count_lookups(
     key_ns: Option<&[NsId]>,
     nkeys: usize,
     reply: &[u8],
-    limits: &crate::codec::Limits,
+    limits: &codec::Limits,
 ) {
     match read_kind(cmd) {
         ReadKind::None => {}
@@ -723,33 +735,139 @@ pub fn count_lookups(
                 t(ns, Lookup::Miss, (total - hits) as u64);
             }
         }
-        ReadKind::PerKey | ReadKind::PerField => {
+        kind @ (ReadKind::PerKey | ReadKind::PerField) => {
             if !matches!(reply.first(), Some(b'*')) {
                 return;
             }
-            let Some(header_end) = memchr::memchr(b'\n', reply) else {
-                return;
-            };
-            let mut pos = header_end + 1;
-            let mut scanner = crate::codec::ReplyScanner::new();
-            let mut i = 0usize;
-            while pos < reply.len() {
-                let Ok(Some(el)) = scanner.scan(&reply[pos..], limits) else {
-                    return;
-                };
-                let el_ns = match (read_kind(cmd), key_ns) {
+            for (i, el) in codec::elements(reply, limits).enumerate() {
+                let el_ns = match (kind, key_ns) {
                     (ReadKind::PerKey, Some(list)) => list.get(i).copied().unwrap_or(ns),
                     _ => ns,
                 };
-                let r = if is_nil(&reply[pos..]) {
+                let r = if is_nil(el.bytes) {
                     Lookup::Miss
                 } else {
                     Lookup::Hit
                 };
                 t(el_ns, r, 1);
-                pos += el.len;
-                i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup_name;
+
+    fn cmd(name: &str) -> Option<usize> {
+        lookup_name(name.as_bytes()).map(CommandSpec::index)
+    }
+
+    /// (namespace, hit, n) for every call `count_lookups` makes.
+    fn lookups(
+        name: &str,
+        key_ns: Option<&[NsId]>,
+        nkeys: usize,
+        reply: &[u8],
+    ) -> Vec<(NsId, bool, u64)> {
+        let mut seen = Vec::new();
+        let mut t = |ns: NsId, r: Lookup, n: u64| seen.push((ns, r == Lookup::Hit, n));
+        count_lookups(
+            &mut t,
+            cmd(name),
+            7,
+            key_ns,
+            nkeys,
+            reply,
+            &codec::Limits::default(),
+        );
+        seen
+    }
+
+    #[test]
+    fn every_policy_action_moves_its_ttl_counter() {
+        use TtlCounter::*;
+        let cases = [
+            (PolicyAction::TtlDefault, Some(Added)),
+            (PolicyAction::TtlAppended, Some(Added)),
+            (PolicyAction::TtlLowered, Some(Clamped)),
+            (PolicyAction::TtlRaised, Some(Raised)),
+            (PolicyAction::Rejected(Rule::Ttl), Some(Refused)),
+            (PolicyAction::Rejected(Rule::Persist), Some(Refused)),
+            (PolicyAction::Rejected(Rule::Naming), None),
+            (PolicyAction::Rejected(Rule::Sensitive), None),
+        ];
+        for (action, want) in cases {
+            assert_eq!(TtlCounter::of(action), want, "{action:?}");
+        }
+        let labels: Vec<_> = TtlCounter::ALL.iter().map(|c| c.label()).collect();
+        assert_eq!(labels, ["added", "clamped", "raised", "refused"]);
+    }
+
+    #[test]
+    fn policy_actions_reach_the_ttl_and_rejection_series() {
+        let m = Metrics::new();
+        let t = m.namespace_table(&["session".to_string()]);
+        t.policy_action(0, PolicyAction::TtlDefault);
+        t.policy_action(0, PolicyAction::TtlAppended);
+        t.policy_action(0, PolicyAction::TtlLowered);
+        t.policy_action(0, PolicyAction::Rejected(Rule::Persist));
+        t.policy_action(0, PolicyAction::Rejected(Rule::Naming));
+        let text = m.render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        for line in [
+            r#"respguard_ttl_enforced_total{namespace="session",action="added"} 2"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="clamped"} 1"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="raised"} 0"#,
+            r#"respguard_ttl_enforced_total{namespace="session",action="refused"} 1"#,
+            r#"respguard_policy_rejections_total{namespace="session",rule="persist"} 1"#,
+            r#"respguard_policy_rejections_total{namespace="session",rule="naming"} 1"#,
+        ] {
+            assert!(has(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn replies_count_as_hits_and_misses_by_read_kind() {
+        assert_eq!(lookups("GET", None, 1, b"$1\r\nv\r\n"), [(7, true, 1)]);
+        assert_eq!(lookups("GETDEL", None, 1, b"$-1\r\n"), [(7, false, 1)]);
+        assert_eq!(lookups("JSON.GET", None, 1, b"_\r\n"), [(7, false, 1)]);
+        // Per key, each under its own namespace when they were kept.
+        assert_eq!(
+            lookups(
+                "MGET",
+                Some(&[1, 2, 3]),
+                3,
+                b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nc\r\n"
+            ),
+            [(1, true, 1), (2, false, 1), (3, true, 1)]
+        );
+        // Per field of one key: all under the key's namespace.
+        assert_eq!(
+            lookups("HMGET", None, 1, b"*2\r\n$-1\r\n$1\r\nb\r\n"),
+            [(7, false, 1), (7, true, 1)]
+        );
+        assert_eq!(lookups("HGETALL", None, 1, b"*0\r\n"), [(7, false, 1)]);
+        assert_eq!(
+            lookups("SMEMBERS", None, 1, b"~1\r\n$1\r\na\r\n"),
+            [(7, true, 1)]
+        );
+        assert_eq!(lookups("ZRANGE", None, 1, b"*-1\r\n"), [(7, false, 1)]);
+        // A count of existing keys: hits, and the rest misses.
+        assert_eq!(
+            lookups("EXISTS", None, 3, b":2\r\n"),
+            [(7, true, 2), (7, false, 1)]
+        );
+        assert_eq!(
+            lookups("HEXISTS", None, 1, b":0\r\n"),
+            [(7, true, 0), (7, false, 1)]
+        );
+        // Not reads, and replies of the wrong shape, count nothing.
+        assert_eq!(lookups("SET", None, 1, b"+OK\r\n"), []);
+        assert_eq!(lookups("MGET", None, 1, b"-ERR x\r\n"), []);
+        assert!(is_read(cmd("GET")) && !is_read(cmd("SET")) && !is_read(None));
+        assert!(counts_per_key(cmd("MGET")) && counts_per_key(cmd("EXISTS")));
+        assert!(!counts_per_key(cmd("GET")));
     }
 }

@@ -18,6 +18,10 @@
 //!
 //! An unknown command has no row, and [`lookup`] returns `None` for it: where such a command
 //! keeps its keys is never guessed.
+//!
+//! What respguard itself does differently per command (sharing an upstream connection,
+//! reply pairing, hit/miss counting, where values are) is in [`traits`], one entry per row:
+//! other modules ask it instead of matching command names.
 
 use std::cmp::Ordering;
 
@@ -26,8 +30,10 @@ use crate::codec::Argv;
 #[cfg(test)]
 mod getkeys_fixture;
 mod table;
+pub mod traits;
 
 pub use table::{COMMANDS, COMMAND_COUNT, REDIS_VERSION};
+pub use traits::{traits, Traits};
 
 // Command flags (`CommandSpec::flags`), named after Redis's COMMAND reply.
 pub const CMD_WRITE: u32 = 1 << 0;
@@ -604,18 +610,7 @@ impl CommandSpec {
     /// variants, SCRIPT LOAD, FUNCTION LOAD and FUNCTION RESTORE). Such code can call any
     /// command on any key, whatever keys the request declares.
     pub fn runs_code(&self) -> bool {
-        matches!(
-            self.name,
-            "EVAL"
-                | "EVAL_RO"
-                | "EVALSHA"
-                | "EVALSHA_RO"
-                | "FCALL"
-                | "FCALL_RO"
-                | "SCRIPT|LOAD"
-                | "FUNCTION|LOAD"
-                | "FUNCTION|RESTORE"
-        )
+        self.traits().runs_code
     }
 
     /// True when the request reads keys that it does not name: SORT and SORT_RO with a BY or

@@ -8,9 +8,11 @@
 //! it. Commands that run code (EVAL, FCALL, SCRIPT LOAD, ...) get their row from `scripts`.
 
 use crate::codec::Argv;
+use crate::command::traits::DenyHint;
 use crate::command::{self, CommandSpec, ACL_CATEGORY_NAMES};
 
 use super::naming::show;
+use super::stage::{refused, Flow, Stage, StageCx, Stop};
 use super::{Refusal, Rule, NS_NONE};
 
 /// `policy.scripts`: what happens to commands that run code inside Redis.
@@ -106,20 +108,14 @@ pub enum NameError {
 }
 
 /// Why a denied command is refused; the text says what to do instead.
-fn hint(row_name: &str) -> &'static str {
-    let top = row_name.split('|').next().unwrap_or(row_name);
-    match top {
-        "KEYS" => "use SCAN",
-        "FLUSHALL" | "FLUSHDB" => {
-            "delete or expire the keys you changed instead of clearing everything"
-        }
-        "DEBUG" | "CONFIG" | "SHUTDOWN" | "SAVE" | "BGSAVE" | "BGREWRITEAOF" | "REPLICAOF"
-        | "SLAVEOF" | "MODULE" | "ACL" | "CLUSTER" | "FAILOVER" | "SWAPDB" | "MONITOR"
-        | "CLIENT" | "SCRIPT" | "FUNCTION" | "LATENCY" | "SLOWLOG" | "MIGRATE" | "SYNC"
-        | "PSYNC" | "REPLCONF" => {
+fn hint(row: &CommandSpec) -> &'static str {
+    match row.traits().deny_hint {
+        DenyHint::UseScan => "use SCAN",
+        DenyHint::Flush => "delete or expire the keys you changed instead of clearing everything",
+        DenyHint::Admin => {
             "administrative commands go to Redis directly, not through the application's proxy"
         }
-        _ => "it is in policy.denied_commands",
+        DenyHint::Denied => "it is in policy.denied_commands",
     }
 }
 
@@ -162,7 +158,7 @@ impl CommandRules {
 
     fn set_denied(&mut self, row: &'static CommandSpec) {
         if let Some(slot) = self.rows.get_mut(row.index()) {
-            *slot = Row::Denied(hint(row.name));
+            *slot = Row::Denied(hint(row));
         }
     }
 
@@ -217,8 +213,9 @@ impl CommandRules {
         Ok(())
     }
 
-    /// Stage 1. Allocation-free unless it refuses.
-    pub fn check(&self, argv: &Argv<'_>, spec: Option<&'static CommandSpec>) -> Decision {
+    /// What stage 1 decides for a command and its row (`None`: not in the table).
+    /// Allocation-free unless it refuses.
+    pub fn decide(&self, argv: &Argv<'_>, spec: Option<&'static CommandSpec>) -> Decision {
         let Some(spec) = spec else {
             let name = argv.get(0).unwrap_or_default();
             if self
@@ -257,6 +254,17 @@ impl CommandRules {
     }
 }
 
+/// Stage 1 on a command with a row: denied commands and `policy.scripts`.
+impl Stage for CommandRules {
+    fn check(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        match self.decide(cx.argv, Some(cx.spec)) {
+            Decision::Known(_) => Flow::Continue(()),
+            Decision::Unchecked => Flow::Break(Stop::Forward),
+            Decision::Refuse(r) => refused(r),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +275,7 @@ mod tests {
     }
 
     fn decide(rules: &CommandRules, args: &[&str]) -> Decision {
-        with_argv(args, |a| rules.check(a, command::lookup(a)))
+        with_argv(args, |a| rules.decide(a, command::lookup(a)))
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::command::{
     CommandSpec, KeyRef, ACL_CATEGORY_NAMES, KS_ACCESS, KS_DELETE, KS_INSERT, KS_OW, KS_RM, KS_RO,
     KS_RW, KS_UPDATE,
 };
-use crate::config::Problems;
+use crate::diag::Problems;
 
 use super::{NsId, Policy, NS_NONE, NS_UNMATCHED};
 

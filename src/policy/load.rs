@@ -38,11 +38,13 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-use crate::config::{parse_duration, Problems};
+use crate::diag::{parse_duration, Problems};
 
 use super::commands::{CommandRules, Scripts};
 use super::pattern::{self, Builder, CompileError};
-use super::sensitive::{self, RawSensitive, SensitiveRules};
+use super::sensitive::{
+    check_field_name, duplicate_message, Detector, SensitiveAction, SensitiveRules, MAX_FIELDS,
+};
 use super::sensitive_stage::SensitiveStage;
 use super::ttl::{fmt_ms, OnViolation, TtlRule, MAX_TTL_MS};
 use super::{Mode, Namespace, NsId, Policy, PolicyConfig, UnknownKeys, NS_UNMATCHED};
@@ -125,7 +127,7 @@ impl Check<'_, '_> {
         self.p.add(line, field, msg);
     }
 
-    /// Validates one `sensitive:` section (see [`sensitive::validate`]); `None` after a
+    /// Validates one `sensitive:` section (see [`validate_sensitive`]); `None` after a
     /// problem, which is then recorded.
     fn sensitive(
         &mut self,
@@ -133,7 +135,7 @@ impl Check<'_, '_> {
         base: Option<&SensitiveRules>,
         field: &str,
     ) -> Option<SensitiveRules> {
-        let rules = sensitive::validate(raw, base, field, self.p);
+        let rules = validate_sensitive(raw, base, field, self.p);
         self.failed |= rules.is_none();
         rules
     }
@@ -472,6 +474,113 @@ fn validate_ttl(
         (true, Some(d)) => Some(TtlRule::new(d, min, max, on_violation)),
         _ => None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `sensitive:` sections
+
+/// `policy.sensitive` (and `policy.namespaces.<ns>.sensitive`) as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSensitive {
+    pub fields: Option<Vec<Spanned<String>>>,
+    pub action: Option<Spanned<String>>,
+    pub detect: Option<Vec<Spanned<String>>>,
+    pub publish: Option<Spanned<bool>>,
+}
+
+/// Validates one `sensitive:` section, adding every problem to `p` under `field_prefix`
+/// (`policy.sensitive`, `policy.namespaces.user_profile.sensitive`). Settings it leaves out
+/// are inherited from `base` (the top-level rules, for a namespace override), else default:
+/// no fields, `strip`, no detectors, `publish: true`.
+pub fn validate_sensitive(
+    raw: &RawSensitive,
+    base: Option<&SensitiveRules>,
+    field_prefix: &str,
+    p: &mut Problems<'_>,
+) -> Option<SensitiveRules> {
+    let mut ok = true;
+    let (fields, normalized) = match &raw.fields {
+        Some(list) => {
+            let mut fields = Vec::with_capacity(list.len());
+            let mut normalized: Vec<Vec<u8>> = Vec::with_capacity(list.len());
+            if list.len() > MAX_FIELDS {
+                p.add(
+                    None,
+                    format!("{field_prefix}.fields"),
+                    format!("at most {MAX_FIELDS} fields"),
+                );
+                ok = false;
+            }
+            for (i, f) in list.iter().enumerate() {
+                let at = format!("{field_prefix}.fields[{i}]");
+                match check_field_name(&f.value) {
+                    Ok(norm) => match normalized.iter().position(|n| *n == norm) {
+                        Some(j) => {
+                            p.at(f, at, duplicate_message(&f.value, &list[j].value));
+                            ok = false;
+                        }
+                        None => {
+                            fields.push(f.value.clone());
+                            normalized.push(norm);
+                        }
+                    },
+                    Err(e) => {
+                        p.at(f, at, e);
+                        ok = false;
+                    }
+                }
+            }
+            (fields, normalized)
+        }
+        None => {
+            let fields: Vec<String> = base
+                .map(|b| b.field_names()[..b.field_count()].to_vec())
+                .unwrap_or_default();
+            // Inherited names were validated with the base.
+            let normalized = fields
+                .iter()
+                .map(|f| check_field_name(f).unwrap_or_default())
+                .collect();
+            (fields, normalized)
+        }
+    };
+    let action = match &raw.action {
+        Some(a) => SensitiveAction::parse(&a.value).unwrap_or_else(|| {
+            p.at(
+                a,
+                format!("{field_prefix}.action"),
+                format!("unknown action {:?} (use strip, reject or audit)", a.value),
+            );
+            ok = false;
+            SensitiveAction::Strip
+        }),
+        None => base.map(SensitiveRules::action).unwrap_or_default(),
+    };
+    let detect: Vec<Detector> = match &raw.detect {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let found = Detector::ALL.into_iter().find(|x| x.name() == d.value);
+                if found.is_none() {
+                    p.at(
+                        d,
+                        format!("{field_prefix}.detect[{i}]"),
+                        format!("unknown detector {:?} (use card_number or us_ssn)", d.value),
+                    );
+                    ok = false;
+                }
+                found
+            })
+            .collect(),
+        None => base.map(|b| b.detectors().collect()).unwrap_or_default(),
+    };
+    let publish = match &raw.publish {
+        Some(v) => v.value,
+        None => base.is_none_or(SensitiveRules::publish),
+    };
+    ok.then(|| SensitiveRules::build(fields, normalized, action, &detect, publish))
 }
 
 #[cfg(test)]

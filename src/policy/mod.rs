@@ -4,7 +4,10 @@
 //! command-table row; the answer is a [`Verdict`]. Stages never see sockets and never block, so
 //! they are plain functions of the command and the (immutable, reloadable) compiled policy.
 //!
-//! The stages, in order (each may stop the command with a [`Rejection`]):
+//! The stages, in order; each is a [`Stage`]: it reads and changes the command through one
+//! [`StageCx`] and either lets it go on or stops it with a [`Stop`] (forward as is, refuse,
+//! or answer locally). What each does per command comes from the command table's row and its
+//! [`crate::command::Traits`], never from the command's name:
 //!
 //! 1. command rules ([`commands`]): `denied_commands`, and commands whose keys respguard cannot
 //!    locate (not in the command table, unless `allowed_unknown_commands` names them);
@@ -42,12 +45,17 @@ pub mod naming;
 pub mod pattern;
 pub mod sensitive;
 mod sensitive_stage;
+pub mod stage;
 pub mod ttl;
+
+use std::ops::ControlFlow;
 
 use bytes::Bytes;
 
 use crate::codec::Argv;
 use crate::command::{CommandSpec, KeyRef, CMD_WRITE};
+
+pub use stage::{Flow, Stage, StageCx, Stop};
 
 pub use load::{validate, RawPolicy};
 
@@ -293,18 +301,6 @@ impl Default for Policy {
 /// Validated policy, ready to use.
 pub type PolicyConfig = std::sync::Arc<Policy>;
 
-/// What a stage says about a command.
-#[derive(Debug)]
-pub enum Flow {
-    /// Go on to the next stage.
-    Continue,
-    /// Forward the command unchanged, skipping the later stages: Redis refuses it before it
-    /// runs (wrong arity, a bad numkeys), so it touches no key and Redis's error is exact.
-    Forward,
-    /// Refuse the command.
-    Stop(Refusal),
-}
-
 /// A refusal as a stage reports it; [`Policy::check`] turns it into a [`Rejection`].
 #[derive(Debug)]
 pub struct Refusal {
@@ -401,7 +397,14 @@ impl Policy {
                     // An earlier stage refused, but audit mode forwards the command anyway:
                     // its sensitive data reaches Redis and must be counted. The stage is
                     // audit-only here, so it only records.
-                    let _ = stage.check(self, spec, argv, scratch, &mut Plan::default());
+                    let _ = stage.check(&mut StageCx {
+                        policy: self,
+                        spec,
+                        argv,
+                        scratch,
+                        plan: &mut Plan::default(),
+                        clock,
+                    });
                 }
                 if !matches!(verdict, Verdict::Forward) || !scratch.sensitive.is_empty() {
                     scratch.audit = true;
@@ -422,43 +425,53 @@ impl Policy {
         scratch: &mut Scratch,
         clock: &mut ttl::Clock,
     ) -> Verdict {
-        // 1. command rules
-        let spec = match self.rules.check(argv, spec) {
-            commands::Decision::Known(spec) => spec,
-            commands::Decision::Unchecked => return Verdict::Forward,
-            commands::Decision::Refuse(r)
-                if r.rule == Rule::UnknownCommand && self.keys_unconstrained() =>
-            {
-                // No rule could apply to its keys, wherever they are: Redis answers it (with
-                // its own "unknown command" error when it does not know it either).
-                return Verdict::Forward;
-            }
-            commands::Decision::Refuse(r) => return self.refuse(scratch, r),
+        let Some(spec) = spec else {
+            return match self.rules.decide(argv, None) {
+                commands::Decision::Refuse(r) if !self.keys_unconstrained() => {
+                    self.refuse(scratch, r)
+                }
+                // Listed in `allowed_unknown_commands`, or no rule could apply to its keys,
+                // wherever they are: Redis answers it (with its own "unknown command" error
+                // when it does not know it either).
+                _ => Verdict::Forward,
+            };
         };
         let mut plan = Plan::default();
-        if !spec.has_keys() {
-            // PUBLISH and SPUBLISH have no keys (channels are not keys) but carry a value.
-            if let Err(stop) = self.sensitive_stage(spec, argv, scratch, &mut plan) {
-                return stop;
-            }
-            return plan.into_verdict();
+        let flow = self.stages(&mut StageCx {
+            policy: self,
+            spec,
+            argv,
+            scratch,
+            plan: &mut plan,
+            clock,
+        });
+        match flow {
+            ControlFlow::Continue(()) => plan.into_verdict(),
+            ControlFlow::Break(Stop::Forward) => Verdict::Forward,
+            ControlFlow::Break(Stop::Refuse(r)) => self.refuse(scratch, r),
+            ControlFlow::Break(Stop::Answer(verdict)) => verdict,
         }
+    }
+
+    /// The stages, in order, on a command with a row.
+    fn stages(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        // 1. command rules
+        self.rules.check(cx)?;
+        // PUBLISH and SPUBLISH have no keys (channels are not keys) but carry a value: only
+        // the sensitive stage applies to commands without keys.
+        let keys = cx.spec.has_keys();
 
         // 2. keys and naming
-        match naming::check(self, spec, argv, scratch) {
-            Flow::Continue => {}
-            Flow::Forward => return Verdict::Forward,
-            Flow::Stop(r) => return self.refuse(scratch, r),
+        if keys {
+            naming::Naming.check(cx)?;
         }
 
         // 2b. Data copied or moved between keys (RENAME, COPY, SMOVE, *STORE, ...) is never
         //     seen by the sensitive stage, so it may only flow into a namespace whose rules
         //     the source's rules already enforce.
-        if scratch.keys.len() > 1 && spec.is(CMD_WRITE) && !spec.runs_code() {
-            if let Some(stage) = &self.sensitive {
-                if let Some(r) = stage.check_flows(self, spec, argv, scratch) {
-                    return self.refuse(scratch, r);
-                }
+        if let Some(stage) = &self.sensitive {
+            if keys && cx.scratch.keys.len() > 1 && cx.spec.is(CMD_WRITE) && !cx.spec.runs_code() {
+                stage.check_flows(cx)?;
             }
         }
 
@@ -467,40 +480,15 @@ impl Policy {
         //    returns the stripped argv: stripping keeps the positions of every expiry
         //    argument (it changes values, and drops fields only from commands whose TTL
         //    handling merely appends), so both sets of edits combine.
-        if let Err(stop) = self.sensitive_stage(spec, argv, scratch, &mut plan) {
-            return stop;
+        if let Some(stage) = &self.sensitive {
+            stage.check(cx)?;
         }
 
         // 4. TTL
-        if let Flow::Stop(r) = ttl::check(self, spec, argv, scratch, &mut plan, clock) {
-            return self.refuse(scratch, r);
+        if keys {
+            ttl::Ttl.check(cx)?;
         }
-
-        plan.into_verdict()
-    }
-
-    /// Stage 3, when configured: `Err` carries the verdict that ends the evaluation.
-    fn sensitive_stage(
-        &self,
-        spec: &'static CommandSpec,
-        argv: &Argv<'_>,
-        scratch: &mut Scratch,
-        plan: &mut Plan,
-    ) -> Result<(), Verdict> {
-        let Some(stage) = &self.sensitive else {
-            return Ok(());
-        };
-        match stage.check(self, spec, argv, scratch, plan) {
-            Ok(()) => Ok(()),
-            Err(sensitive_stage::Stop::Respond(reply)) => match (spec.name, argv.get(1)) {
-                ("HSET" | "HMSET" | "HSETNX", Some(key)) => Err(Verdict::Probe {
-                    command: vec![Bytes::from_static(b"HLEN"), Bytes::copy_from_slice(key)],
-                    reply,
-                }),
-                _ => Err(Verdict::Respond(reply)),
-            },
-            Err(sensitive_stage::Stop::Refuse(r)) => Err(self.refuse(scratch, r)),
-        }
+        ControlFlow::Continue(())
     }
 
     /// True when no rule can apply to any key: unknown keys are allowed, no namespace has a

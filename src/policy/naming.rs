@@ -10,7 +10,8 @@ use crate::codec::Argv;
 use crate::command::{CommandSpec, KeyError};
 
 use super::pattern::KeyMatch;
-use super::{Flow, NsId, Policy, Refusal, Rule, UnknownKeys, NS_UNMATCHED};
+use super::stage::{refused, Flow, Stage, StageCx, Stop};
+use super::{NsId, Policy, Refusal, Rule, UnknownKeys, NS_UNMATCHED};
 
 /// Longest part of a key quoted in an error.
 const SHOW_MAX: usize = 80;
@@ -39,8 +40,17 @@ pub fn show(bytes: &[u8]) -> String {
     out
 }
 
-/// Stage 2: fills `scratch.keys`, `scratch.key_ns` and `scratch.namespace`.
-pub fn check(
+/// Stage 2: every key of the command belongs to a namespace. Fills `scratch.keys`,
+/// `scratch.key_ns` and `scratch.namespace`.
+pub struct Naming;
+
+impl Stage for Naming {
+    fn check(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        check(cx.policy, cx.spec, cx.argv, cx.scratch)
+    }
+}
+
+fn check(
     policy: &Policy,
     spec: &'static CommandSpec,
     argv: &Argv<'_>,
@@ -49,9 +59,9 @@ pub fn check(
     if let Err(e) = spec.keys(argv, &mut scratch.keys) {
         if refused_before_running(spec, argv, &e) {
             scratch.keys.clear();
-            return Flow::Forward;
+            return Flow::Break(Stop::Forward);
         }
-        return Flow::Stop(Refusal {
+        return refused(Refusal {
             rule: Rule::Malformed,
             namespace: NS_UNMATCHED,
             message: format!("cannot check the keys of this command: {e}"),
@@ -63,7 +73,7 @@ pub fn check(
         let ns = match policy.matcher().find(key) {
             KeyMatch::Namespace(ns) => ns,
             KeyMatch::NoMatch if reject_unknown => {
-                return Flow::Stop(Refusal {
+                return refused(Refusal {
                     rule: Rule::Naming,
                     namespace: NS_UNMATCHED,
                     message: format!(
@@ -74,7 +84,7 @@ pub fn check(
                 });
             }
             KeyMatch::EmptySegment if reject_unknown => {
-                return Flow::Stop(Refusal {
+                return refused(Refusal {
                     rule: Rule::Naming,
                     namespace: NS_UNMATCHED,
                     message: format!(
@@ -90,7 +100,7 @@ pub fn check(
     }
     scratch.namespace = scratch.key_ns.first().copied().unwrap_or(super::NS_NONE);
     if reject_unknown && spec.reads_pattern_keys(argv) {
-        return Flow::Stop(Refusal {
+        return refused(Refusal {
             rule: Rule::UncheckedKeys,
             namespace: scratch.namespace,
             message: format!(
@@ -99,7 +109,7 @@ pub fn check(
             ),
         });
     }
-    Flow::Continue
+    Flow::Continue(())
 }
 
 /// Whether Redis refuses the command before it runs, so it touches no key and can go to Redis
@@ -115,7 +125,7 @@ fn refused_before_running(spec: &CommandSpec, argv: &Argv<'_>, e: &KeyError) -> 
     match e {
         KeyError::NumKeysNotInteger { .. } | KeyError::NumKeysOutOfRange { .. } => true,
         KeyError::Unbalanced { .. } | KeyError::MissingKeyword { .. } => {
-            matches!(spec.name, "XREAD" | "XREADGROUP")
+            spec.traits().parses_options_first
         }
         _ => false,
     }

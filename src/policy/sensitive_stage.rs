@@ -22,11 +22,13 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::codec::Argv;
+use crate::command::traits::Values;
 use crate::command::{CommandSpec, CMD_PUBSUB, CMD_WRITE, KS_ACCESS};
 
 use super::naming::show;
 use super::sensitive::{self, SensitiveAction, SensitiveRules, StageOutcome};
-use super::{FieldLabelId, NsId, Policy, Refusal, Rule, Scratch, NS_NONE};
+use super::stage::{refused, Flow, Stage, StageCx, Stop};
+use super::{FieldLabelId, NsId, Policy, Refusal, Rule, Scratch, Verdict, NS_NONE};
 
 /// One compiled rule set and the metric label of each of its fields.
 #[derive(Debug)]
@@ -50,13 +52,6 @@ pub(super) struct SensitiveStage {
     ns_set: Vec<Option<u16>>,
     /// Distinct field and detector names of all rule sets: the metric `field` label values.
     labels: Vec<String>,
-}
-
-/// How the stage stops a command.
-pub(super) enum Stop {
-    /// Answer the client with this reply; nothing reaches Redis.
-    Respond(Bytes),
-    Refuse(Refusal),
 }
 
 impl SensitiveStage {
@@ -140,20 +135,20 @@ impl SensitiveStage {
     /// Runs the stage on a command that passed stages 1 and 2. A rewritten command goes into
     /// `plan` (TTL edits it afterwards: stripping never moves an expiry argument); findings
     /// go into `scratch.sensitive`.
-    pub(super) fn check(
+    fn run(
         &self,
         policy: &Policy,
         spec: &'static CommandSpec,
         argv: &Argv<'_>,
         scratch: &mut Scratch,
         plan: &mut super::Plan,
-    ) -> Result<(), Stop> {
-        // Only writes and PUBLISH carry values to Redis; reads skip the name dispatch.
+    ) -> Flow {
+        // Only writes and PUBLISH carry values to Redis; reads skip the value positions.
         if !spec.is(CMD_WRITE) && !spec.is(CMD_PUBSUB) {
-            return Ok(());
+            return Flow::Continue(());
         }
         scratch.sensitive_checked = true;
-        let channel = matches!(spec.name, "PUBLISH" | "SPUBLISH");
+        let channel = spec.traits().values == Values::Message;
         // Findings are attributed with the same lookup the rules came from.
         let ns_of = |arg: usize| -> NsId {
             if channel {
@@ -171,7 +166,7 @@ impl SensitiveStage {
         };
         // Empty until something is found: the clean path does not allocate.
         let mut findings = Vec::new();
-        let outcome = sensitive::apply(argv, spec.name, &rules_for, &mut findings);
+        let outcome = sensitive::apply_row(argv, spec, &rules_for, &mut findings);
         let mut last_ns = scratch.namespace;
         for f in &findings {
             let ns = ns_of(f.arg);
@@ -187,13 +182,13 @@ impl SensitiveStage {
             log_finding(policy, spec, ns, f.label(), action, set.configured);
         }
         match outcome {
-            StageOutcome::Unchanged => Ok(()),
+            StageOutcome::Unchanged => Flow::Continue(()),
             StageOutcome::Rewrite(args) => {
                 plan.replace(args);
-                Ok(())
+                Flow::Continue(())
             }
-            StageOutcome::Respond(reply) => Err(Stop::Respond(reply)),
-            StageOutcome::Reject(message) => Err(Stop::Refuse(Refusal {
+            StageOutcome::Respond(reply) => Flow::Break(Stop::Answer(answer(spec, argv, reply))),
+            StageOutcome::Reject(message) => refused(Refusal {
                 rule: Rule::Sensitive,
                 namespace: last_ns,
                 // `Policy::refuse` adds the `POLICY` code again.
@@ -201,8 +196,27 @@ impl SensitiveStage {
                     .strip_prefix("POLICY ")
                     .map(str::to_string)
                     .unwrap_or(message),
-            })),
+            }),
         }
+    }
+}
+
+/// Stage 3 on a command that passed stages 1 and 2.
+impl Stage for SensitiveStage {
+    fn check(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        self.run(cx.policy, cx.spec, cx.argv, cx.scratch, cx.plan)
+    }
+}
+
+/// The verdict for a write the stage turned into a no-op, answered with `reply`. A hash write
+/// becomes a probe, so that a key of another type still gets Redis's own error.
+fn answer(spec: &CommandSpec, argv: &Argv<'_>, reply: Bytes) -> Verdict {
+    match (spec.traits().values, argv.get(1)) {
+        (Values::HashFields { .. }, Some(key)) => Verdict::Probe {
+            command: vec![Bytes::from_static(b"HLEN"), Bytes::copy_from_slice(key)],
+            reply,
+        },
+        _ => Verdict::Respond(reply),
     }
 }
 
@@ -221,13 +235,8 @@ impl SensitiveStage {
     /// Stage 2b: a refusal when the command copies or moves data from a key into a key of
     /// another namespace whose rules the source's do not imply. Sources are the keys whose
     /// data the command reads (`ACCESS`), destinations those it may create or overwrite.
-    pub(super) fn check_flows(
-        &self,
-        policy: &Policy,
-        spec: &'static CommandSpec,
-        argv: &Argv<'_>,
-        scratch: &Scratch,
-    ) -> Option<Refusal> {
+    pub(super) fn check_flows(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        let (policy, spec, argv, scratch) = (cx.policy, cx.spec, cx.argv, &*cx.scratch);
         let keys = scratch.keys.iter().zip(scratch.key_ns.iter().copied());
         for (dst, dst_ns) in keys.clone().filter(|(k, _)| spec.creates_key(**k)) {
             for (src, src_ns) in keys.clone() {
@@ -239,7 +248,7 @@ impl SensitiveStage {
                     continue;
                 }
                 let key = |k: &crate::command::KeyRef| show(argv.get(k.index).unwrap_or_default());
-                return Some(Refusal {
+                return refused(Refusal {
                     rule: Rule::CrossNamespace,
                     namespace: dst_ns,
                     message: format!(
@@ -253,7 +262,7 @@ impl SensitiveStage {
                 });
             }
         }
-        None
+        Flow::Continue(())
     }
 }
 

@@ -28,7 +28,8 @@ use crate::codec::{self, Argv};
 use crate::command::{parse_i64, CommandSpec, TtlArgs};
 
 use super::naming::show;
-use super::{Flow, NsId, Plan, Policy, PolicyAction, Refusal, Rule, Scratch};
+use super::stage::{refused, Flow, Stage, StageCx};
+use super::{NsId, Plan, Policy, PolicyAction, Refusal, Rule, Scratch};
 
 /// Longest TTL a namespace may configure; keeps every computation far from overflow.
 pub const MAX_TTL_MS: u64 = 3650 * 86_400_000;
@@ -241,15 +242,23 @@ fn target<'a>(policy: &'a Policy, argv: &Argv<'a>, scratch: &Scratch) -> Option<
 }
 
 fn malformed(ns: NsId, message: String) -> Flow {
-    Flow::Stop(Refusal {
+    refused(Refusal {
         rule: Rule::Malformed,
         namespace: ns,
         message,
     })
 }
 
-/// Stage 3.
-pub fn check(
+/// Stage 4: defaults, bounds and appended expiries, per the command's TTL arguments.
+pub struct Ttl;
+
+impl Stage for Ttl {
+    fn check(&self, cx: &mut StageCx<'_, '_>) -> Flow {
+        check(cx.policy, cx.spec, cx.argv, cx.scratch, cx.plan, cx.clock)
+    }
+}
+
+fn check(
     policy: &Policy,
     spec: &'static CommandSpec,
     argv: &Argv<'_>,
@@ -266,13 +275,13 @@ pub fn check(
     };
     match spec.ttl {
         TtlArgs::None => {
-            if spec.name == "COPY" {
+            if spec.traits().other_db_option {
                 if let Some(stop) = cx.copy_to_other_db() {
                     return stop;
                 }
             }
             cx.append_expiries(spec);
-            Flow::Continue
+            Flow::Continue(())
         }
         TtlArgs::SetOptions => cx.set(),
         TtlArgs::GetExOptions => cx.getex(),
@@ -309,7 +318,7 @@ impl<'a> Cx<'_, 'a> {
         }
         let dst_ns = self.scratch.key_ns.get(1).copied()?;
         self.policy.namespace(dst_ns).and_then(|n| n.ttl.as_ref())?;
-        Some(Flow::Stop(Refusal {
+        Some(refused(Refusal {
             rule: Rule::Ttl,
             namespace: dst_ns,
             message: format!(
@@ -323,7 +332,7 @@ impl<'a> Cx<'_, 'a> {
     /// inherit an expiry from their source (`RENAME`, `RENAMENX`, `COPY`) are also brought
     /// into their namespace's bounds: `PEXPIRE key max LT` and `PEXPIRE key min GT`.
     fn append_expiries(&mut self, spec: &CommandSpec) {
-        let inherits = matches!(spec.name, "RENAME" | "RENAMENX" | "COPY");
+        let inherits = spec.traits().inherits_expiry;
         let Scratch {
             keys,
             key_ns,
@@ -364,7 +373,7 @@ impl<'a> Cx<'_, 'a> {
     /// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL].
     fn set(&mut self) -> Flow {
         let Some(t) = target(self.policy, self.argv, self.scratch) else {
-            return Flow::Continue;
+            return Flow::Continue(());
         };
         let mut expiry = None;
         let mut keepttl = false;
@@ -400,14 +409,14 @@ impl<'a> Cx<'_, 'a> {
                 // KEEPTTL keeps an existing expiry; a new key (or one without) gets the default.
                 self.plan.append(t.rule.expire_nx(t.key));
                 self.scratch.actions.push((t.ns, PolicyAction::TtlAppended));
-                Flow::Continue
+                Flow::Continue(())
             }
             None => {
                 // The most common rewrite: appended, so the client's bytes are kept as they are.
                 self.plan.push_tail(Bytes::from_static(t.rule.set_option));
                 self.plan.push_tail(t.rule.default_arg.clone());
                 self.scratch.actions.push((t.ns, PolicyAction::TtlDefault));
-                Flow::Continue
+                Flow::Continue(())
             }
         }
     }
@@ -415,10 +424,10 @@ impl<'a> Cx<'_, 'a> {
     /// GETEX key [EX s|PX ms|EXAT t|PXAT t|PERSIST].
     fn getex(&mut self) -> Flow {
         let Some(t) = target(self.policy, self.argv, self.scratch) else {
-            return Flow::Continue;
+            return Flow::Continue(());
         };
         match (self.argv.get(2), self.argv.len()) {
-            (None, _) => Flow::Continue,
+            (None, _) => Flow::Continue(()),
             (Some(a), 3) if a.eq_ignore_ascii_case(b"PERSIST") => self.persist("GETEX ... PERSIST"),
             (Some(a), 4) if expiry_option(a).is_some() => {
                 let unit = expiry_option(a).unwrap_or(Unit::Secs);
@@ -438,14 +447,14 @@ impl<'a> Cx<'_, 'a> {
     fn argument(&mut self, name_at: usize, value_at: usize, unit: Unit) -> Flow {
         match target(self.policy, self.argv, self.scratch) {
             Some(t) => self.expiry(&t, name_at, value_at, unit),
-            None => Flow::Continue,
+            None => Flow::Continue(()),
         }
     }
 
     /// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f].
     fn restore(&mut self) -> Flow {
         let Some(t) = target(self.policy, self.argv, self.scratch) else {
-            return Flow::Continue;
+            return Flow::Continue(());
         };
         let mut absolute = false;
         let mut i = 4;
@@ -482,16 +491,16 @@ impl<'a> Cx<'_, 'a> {
             };
             self.plan.args(self.argv)[2] = int_bytes(value);
             self.scratch.actions.push((t.ns, PolicyAction::TtlDefault));
-            return Flow::Continue;
+            return Flow::Continue(());
         }
         self.expiry(&t, 2, 2, unit)
     }
 
     fn persist(&mut self, what: &str) -> Flow {
         let Some(t) = target(self.policy, self.argv, self.scratch) else {
-            return Flow::Continue;
+            return Flow::Continue(());
         };
-        Flow::Stop(Refusal {
+        refused(Refusal {
             rule: Rule::Persist,
             namespace: t.ns,
             message: format!(
@@ -513,7 +522,7 @@ impl<'a> Cx<'_, 'a> {
         let now = if unit.absolute() { self.clock.now() } else { 0 };
         let ttl = unit.ttl_ms(v, now);
         if ttl <= 0 {
-            return Flow::Continue;
+            return Flow::Continue(());
         }
         let ttl_u = ttl.unsigned_abs();
         let (bound, action, word) = if ttl_u > t.rule.max_ms {
@@ -521,14 +530,14 @@ impl<'a> Cx<'_, 'a> {
         } else if ttl_u < t.rule.min_ms {
             (t.rule.min_ms, PolicyAction::TtlRaised, "below the minimum")
         } else {
-            return Flow::Continue;
+            return Flow::Continue(());
         };
         if t.rule.on_violation == OnViolation::Reject {
             let advice = match action {
                 PolicyAction::TtlLowered => format!("use at most {}", fmt_ms(t.rule.max_ms)),
                 _ => format!("use at least {}", fmt_ms(t.rule.min_ms)),
             };
-            return Flow::Stop(Refusal {
+            return refused(Refusal {
                 rule: Rule::Ttl,
                 namespace: t.ns,
                 message: format!(
@@ -550,7 +559,7 @@ impl<'a> Cx<'_, 'a> {
             args[name_at] = Bytes::from_static(name);
         }
         self.scratch.actions.push((t.ns, action));
-        Flow::Continue
+        Flow::Continue(())
     }
 }
 
