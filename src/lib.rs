@@ -2,8 +2,8 @@
 //!
 //! Modules in the order a command flows through them; each depends only on those below it in
 //! the layer order checked by `scripts/check-layers`
-//! (`codec`, `command`, `net`, `policy`, `config`, `metrics`, `upstream`, `proxy`, `audit`,
-//! `stats`):
+//! (`diag`, `codec`, `command`, `net`, `policy`, `config`, `metrics`, `upstream`, `proxy`,
+//! `audit`, `stats`):
 //!
 //! - [`net`]: byte streams (TCP, Unix, the TLS bridge) and reads and writes that never wait.
 //! - [`proxy`]: the listener that accepts clients, the per-client session (request intake,
@@ -12,7 +12,7 @@
 //!   handle to a running proxy.
 //! - [`codec`]: bounded, non-recursive scanning of RESP requests and replies.
 //! - [`command`]: the command table: one row per Redis command with its key positions,
-//!   read/write flags and TTL-bearing arguments.
+//!   read/write flags and TTL-bearing arguments, and the traits respguard derives per row.
 //! - [`policy`]: the policy stages, returning a [`policy::Verdict`] per command.
 //! - [`upstream`]: how a session reaches Redis ([`upstream::Link`]): connecting and the
 //!   proxy's handshake, shared connections for clients without connection state, dedicated

@@ -260,7 +260,7 @@ impl Upstream {
         let replies = self.call(req, n, limits).await?;
         Ok(replies
             .iter()
-            .find(|r| r.first() == Some(&b'-'))
+            .find(|r| r.first().copied().is_some_and(crate::codec::is_error))
             .map(|r| String::from_utf8_lossy(&r[1..r.len().saturating_sub(2)]).into_owned()))
     }
 }

@@ -232,3 +232,43 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_link_pins_then_leaves_for_a_dedicated_connection() {
+        let (jobs, _rx) = mpsc::unbounded_channel();
+        let mut link = Link::Shared(Handle::new(jobs));
+        assert!(link.is_shared() && link.is_up() && !link.is_pinning());
+        link.pin();
+        assert!(link.is_shared() && link.is_pinning());
+        link.unshare();
+        assert!(matches!(link, Link::Down { retry: true }));
+        // Nothing to lose, nothing to pin: a down link stays as it is.
+        link.lost();
+        link.pin();
+        assert!(matches!(link, Link::Down { retry: true }));
+        assert!(!link.wants_write(true));
+    }
+
+    #[test]
+    fn a_handle_sends_whole_batches_with_their_reply_count() {
+        let (jobs, mut rx) = mpsc::unbounded_channel();
+        let h = Handle::new(jobs);
+        assert!(h.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1));
+        let job = match rx.try_recv() {
+            Ok(j) => j,
+            Err(e) => panic!("no job: {e}"),
+        };
+        assert_eq!(&job.bytes[..], b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(job.replies, 1);
+        // The task counts what it delivers; the session takes it off.
+        job.queued.fetch_add(7 + 5, Ordering::AcqRel);
+        assert_eq!(h.taken(7), 5);
+        assert_eq!(h.taken(5), 0);
+        drop(rx);
+        assert!(!h.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1));
+    }
+}

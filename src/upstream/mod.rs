@@ -19,7 +19,7 @@ pub mod pool;
 
 pub use connect::{handshake_commands, handshake_len, UpRead, UpWrite, Upstream, UpstreamError};
 pub use link::{Dedicated, Handle, Link, Ready};
-pub use pool::{shareable, Job, Pool, SharedReply, CLIENT_BUFFER};
+pub use pool::{Job, Pool, SharedReply, CLIENT_BUFFER};
 
 /// What upstream tasks read of the running proxy. Read on every use rather than copied at
 /// start, so a reloaded configuration (limits) applies to them too.

@@ -10,7 +10,8 @@
 //!
 //! The first command that depends on or changes connection state *pins* the client: it waits
 //! until its shared replies are in, gets a dedicated connection, and keeps it for good (see
-//! [`super::Link`]). See [`shareable`] for the rule.
+//! [`super::Link`]). The rule is the command traits' `shareable`
+//! ([`crate::command::traits::shareable`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,37 +24,6 @@ use tokio::sync::mpsc;
 use super::connect::{UpRead, UpWrite, Upstream, UpstreamError};
 use super::Env;
 use crate::codec::ReplyScanner;
-use crate::command::{
-    CommandSpec, ACL_BLOCKING, ACL_CONNECTION, ACL_PUBSUB, ACL_TRANSACTION, CMD_BLOCKING,
-    CMD_NO_MULTI,
-};
-
-/// Whether a command may run on a shared connection without the client noticing.
-///
-/// Refused: commands of the connection, transaction, pub/sub and blocking ACL categories,
-/// anything flagged blocking or not allowed in MULTI, replication and monitoring commands,
-/// `WAIT` (it waits on the connection's own writes) and `DEBUG`. Unknown commands are never
-/// shared either (their effect cannot be known; see the session's command traits).
-/// `PING`, `ECHO`, `PUBLISH`, `SPUBLISH` and `PUBSUB` are stateless and allowed. (`PING`
-/// behaves differently only in subscribe mode or RESP3, and both pin.)
-pub fn shareable(spec: &CommandSpec) -> bool {
-    match spec.name {
-        // Stateless despite their categories: clients ping on connect and as health checks.
-        "PUBLISH" | "SPUBLISH" | "PING" | "ECHO" => return true,
-        n if n.starts_with("PUBSUB") => return true,
-        "WAIT" | "WAITAOF" | "MONITOR" | "SYNC" | "PSYNC" | "REPLCONF" | "FAILOVER" => {
-            return false
-        }
-        n if n.starts_with("DEBUG") || n.starts_with("CLIENT") => return false,
-        _ => {}
-    }
-    !(spec.is(CMD_BLOCKING)
-        || spec.is(CMD_NO_MULTI)
-        || spec.in_category(ACL_CONNECTION)
-        || spec.in_category(ACL_TRANSACTION)
-        || spec.in_category(ACL_PUBSUB)
-        || spec.in_category(ACL_BLOCKING))
-}
 
 /// What a client receives from a shared connection.
 #[derive(Debug)]

@@ -7,11 +7,10 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::modes::ReplyMode;
-use super::traits::traits;
 use super::transaction::ReadInfo;
 use super::{Kind, Pending, Session, Slot, Special};
 use crate::codec::{self, Argv, Request};
-use crate::command;
+use crate::command::{self, traits};
 use crate::metrics::{self, Outcome};
 use crate::policy::{Verdict, NS_NONE, NS_UNMATCHED};
 use crate::upstream::{handshake_commands, handshake_len};
@@ -359,8 +358,7 @@ impl Session {
             }
             Special::None | Special::Replication | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
-                let queued = spec.is_none_or(|s| s.name != "WATCH");
-                if let (Some(layout), true) = (self.multi.as_mut(), queued) {
+                if let (Some(layout), true) = (self.multi.as_mut(), traits.queued_in_multi) {
                     layout.push(Slot::Visible(None));
                 }
                 Kind::Reply

@@ -20,7 +20,6 @@
 //! - [`modes`]: pub/sub, MONITOR, RESP3 and `CLIENT REPLY`.
 //! - [`record`]: metrics per finished command, batched per run of identical results.
 //! - [`limits`]: client timeouts, upstream read timeout, output limits.
-//! - [`traits`]: what a command means for the session, per command-table row.
 //! - [`driver`]: the task: sockets, `select!`, connecting.
 
 use std::collections::VecDeque;
@@ -45,16 +44,15 @@ mod limits;
 mod modes;
 mod pairing;
 mod record;
-mod traits;
 mod transaction;
 
 #[cfg(test)]
 mod tests;
 
+use crate::command::traits::Special;
 pub use driver::serve;
 use modes::ReplyMode;
 use record::{Actions, Run, SensitiveFinding};
-use traits::Special;
 use transaction::Slot;
 
 /// Stop reading more commands while this much is waiting to be written either way.

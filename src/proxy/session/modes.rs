@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::{Outcome, Session};
-use crate::codec::{Argv, Limits, ReplyScanner};
+use crate::codec::{self, Argv, Limits};
 
 /// The answer to `CLIENT REPLY ON|OFF|SKIP` queued in MULTI.
 pub(super) const CLIENT_REPLY_IN_MULTI: &str =
@@ -32,13 +32,13 @@ pub(super) enum PubsubFrame {
 
 /// Recognises a pub/sub frame: an array or push whose first element names its kind.
 pub(super) fn pubsub_frame(frame: &[u8], limits: &Limits) -> Option<PubsubFrame> {
-    let mut scanner = ReplyScanner::new();
-    let header_end = memchr::memchr(b'\n', frame)? + 1;
-    let first = scanner.scan(&frame[header_end..], limits).ok()??;
-    if first.kind != b'$' && first.kind != b'+' {
+    memchr::memchr(b'\n', frame)?;
+    let mut elements = codec::elements(frame, limits);
+    let first = elements.next()?;
+    if first.frame.kind != b'$' && first.frame.kind != b'+' {
         return None;
     }
-    let fb = &frame[header_end..header_end + first.len];
+    let fb = first.bytes;
     let name_start = memchr::memchr(b'\n', fb)? + 1;
     let name = fb.get(name_start..fb.len().saturating_sub(2))?;
     let lower = |s: &[u8], t: &str| s.eq_ignore_ascii_case(t.as_bytes());
@@ -55,15 +55,10 @@ pub(super) fn pubsub_frame(frame: &[u8], limits: &Limits) -> Option<PubsubFrame>
         return None;
     }
     // The count is the third element: skip the channel, read the integer.
-    let second_at = header_end + first.len;
-    let second = scanner.scan(&frame[second_at..], limits).ok()??;
-    let third_at = second_at + second.len;
-    let third = frame.get(third_at..)?;
-    let count = if third.first() == Some(&b':') {
-        let eol = memchr::memchr(b'\r', third)?;
-        std::str::from_utf8(&third[1..eol]).ok()?.parse().ok()
-    } else {
-        None
+    elements.next()?;
+    let count = match elements.next() {
+        Some(third) if third.bytes.first() == Some(&b':') => codec::header_int(third.bytes),
+        _ => None,
     };
     Some(PubsubFrame::Confirm { shard, count })
 }

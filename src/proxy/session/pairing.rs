@@ -212,7 +212,7 @@ impl Session {
         };
         self.last_reply_at = self.now;
         self.drop_reply = p.meta.quiet;
-        let outcome = if f.kind == b'-' || f.kind == b'!' {
+        let outcome = if codec::is_error(f.kind) {
             Outcome::Error
         } else {
             Outcome::Ok

@@ -77,21 +77,8 @@ impl Session {
             });
         }
         let t = &self.ns_table;
-        for (ns, a) in m.actions.as_slice() {
-            match a {
-                PolicyAction::TtlDefault | PolicyAction::TtlAppended => t.ttl(*ns, 0),
-                PolicyAction::TtlLowered => t.ttl(*ns, 1),
-                PolicyAction::TtlRaised => t.ttl(*ns, 2),
-                PolicyAction::Rejected(rule) => {
-                    if matches!(
-                        rule,
-                        crate::policy::Rule::Ttl | crate::policy::Rule::Persist
-                    ) {
-                        t.ttl(*ns, 3);
-                    }
-                    t.rejection(*ns, rule.label());
-                }
-            }
+        for &(ns, action) in m.actions.as_slice() {
+            t.policy_action(ns, action);
         }
         if let Some(found) = &m.sensitive {
             for &(ns, action, field) in found.iter() {

@@ -265,3 +265,26 @@ fn quit_on_a_shared_connection_is_answered_here() {
     assert!(s.closing);
     assert!(s.link.is_shared());
 }
+
+#[test]
+fn subscribe_run_by_exec_turns_pubsub_on() {
+    let mut s = unconnected(NO_POLICY);
+    client(
+        &mut s,
+        &cmds(&[&["MULTI"], &["SUBSCRIBE", "ch"], &["EXEC"]]),
+    );
+    assert_eq!(
+        to_redis(&mut s),
+        cmds(&[&["MULTI"], &["SUBSCRIBE", "ch"], &["EXEC"]])
+    );
+    let exec: &[u8] = b"+OK\r\n+QUEUED\r\n*1\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+    redis(&mut s, exec);
+    assert_eq!(to_client(&mut s), exec);
+    assert_eq!(s.subs, 1);
+    // A message now answers no command: it passes, and nothing is owed.
+    let message: &[u8] = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+    redis(&mut s, message);
+    assert_eq!(to_client(&mut s), message);
+    assert!(s.pending.is_empty());
+    assert!(!s.abort);
+}

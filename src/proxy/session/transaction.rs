@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::modes::{pubsub_frame, PubsubFrame};
 use super::{Session, Special};
-use crate::codec::{self, ReplyFrame, ReplyScanner};
+use crate::codec::{self, ReplyFrame};
 use crate::metrics;
 use crate::policy::NsId;
 
@@ -42,19 +42,10 @@ impl Session {
         layout: &[Slot],
         specials: &[(usize, Special)],
     ) {
-        let Some(nl) = memchr::memchr(b'\n', &bytes[f.value_at..]) else {
+        if memchr::memchr(b'\n', &bytes[f.value_at..]).is_none() {
             return;
-        };
-        let mut pos = f.value_at + nl + 1;
-        let mut scanner = ReplyScanner::new();
-        let mut elements = Vec::new();
-        while pos < bytes.len() {
-            let Ok(Some(el)) = scanner.scan(&bytes[pos..], &self.reply_limits) else {
-                break;
-            };
-            elements.push((pos, el));
-            pos += el.len;
         }
+        let elements: Vec<_> = codec::elements(&bytes[f.value_at..], &self.reply_limits).collect();
         // Specials are numbered among the client's own commands: skip the proxy's.
         let sent: Vec<_> = layout
             .iter()
@@ -70,12 +61,12 @@ impl Session {
             .map(|(e, _)| e)
             .collect();
         for (idx, sp) in specials {
-            let Some((at, el)) = visible.get(*idx).copied() else {
+            let Some(el) = visible.get(*idx) else {
                 continue;
             };
-            let value = &bytes[at + el.value_at..at + el.len];
+            let value = el.value();
             match sp {
-                Special::Hello => match el.kind {
+                Special::Hello => match el.frame.kind {
                     b'%' => self.resp3 = true,
                     b'*' => self.resp3 = false,
                     _ => {}
@@ -87,7 +78,7 @@ impl Session {
                         self.set_subs(shard, count.unwrap_or(1));
                     }
                 }
-                Special::Monitor if el.kind == b'+' => self.monitor = true,
+                Special::Monitor if el.frame.kind == b'+' => self.monitor = true,
                 Special::Quit => self.closing = true,
                 _ => {}
             }
@@ -99,22 +90,21 @@ impl Session {
         if !layout.iter().any(|s| matches!(s, Slot::Visible(Some(_)))) {
             return;
         }
-        let Some(nl) = memchr::memchr(b'\n', &bytes[f.value_at..]) else {
+        if memchr::memchr(b'\n', &bytes[f.value_at..]).is_none() {
             return;
-        };
-        let mut pos = f.value_at + nl + 1;
-        let mut scanner = ReplyScanner::new();
+        }
+        let mut elements = codec::elements(&bytes[f.value_at..], &self.reply_limits);
         let t = self.ns_table.clone();
         for slot in layout {
             if matches!(slot, Slot::Local(_)) {
                 continue;
             }
-            let Ok(Some(el)) = scanner.scan(&bytes[pos..], &self.reply_limits) else {
+            let Some(el) = elements.next() else {
                 return;
             };
             if let Slot::Visible(Some(info)) = slot {
-                let value = &bytes[pos + el.value_at..pos + el.len];
-                if el.kind != b'-' && el.kind != b'!' {
+                let value = el.value();
+                if !codec::is_error(el.frame.kind) {
                     let mut count =
                         |ns: NsId, r: metrics::Lookup, n: u64| t.lookup(info.cmd, ns, r, n);
                     metrics::count_lookups(
@@ -128,7 +118,6 @@ impl Session {
                     );
                 }
             }
-            pos += el.len;
         }
     }
 
@@ -147,7 +136,7 @@ impl Session {
         if f.count < 0 || f.count as usize != sent {
             return None;
         }
-        let mut pos = f.value_at + memchr::memchr(b'\n', &bytes[f.value_at..])? + 1;
+        memchr::memchr(b'\n', &bytes[f.value_at..])?;
         let visible = layout.iter().filter(|s| !matches!(s, Slot::Hidden)).count();
         let mut out = BytesMut::with_capacity(bytes.len());
         out.extend_from_slice(&bytes[..f.value_at]);
@@ -155,20 +144,21 @@ impl Session {
         out.extend_from_slice(b"*");
         out.extend_from_slice(codec::fmt_int(&mut ib, visible as i64));
         out.extend_from_slice(b"\r\n");
-        let mut scanner = ReplyScanner::new();
+        let mut elements = codec::elements(&bytes[f.value_at..], &self.reply_limits);
         for slot in layout {
             if let Slot::Local(b) = slot {
                 out.extend_from_slice(b);
                 continue;
             }
-            let el = scanner.scan(&bytes[pos..], &self.reply_limits).ok()??;
+            let el = elements.next()?;
             match slot {
-                Slot::Visible(_) => out.extend_from_slice(&bytes[pos..pos + el.len]),
-                Slot::Mapped(reply) if el.kind != b'-' => out.extend_from_slice(reply),
-                Slot::Mapped(_) => out.extend_from_slice(&bytes[pos..pos + el.len]),
+                Slot::Visible(_) => out.extend_from_slice(el.bytes),
+                Slot::Mapped(reply) if !codec::is_error(el.frame.kind) => {
+                    out.extend_from_slice(reply)
+                }
+                Slot::Mapped(_) => out.extend_from_slice(el.bytes),
                 Slot::Hidden | Slot::Local(_) => {}
             }
-            pos += el.len;
         }
         Some(out)
     }
