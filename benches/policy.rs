@@ -1,6 +1,8 @@
 //! Policy hot path: naming match (the compiled DFA over key segments) and whole checks, for a
 //! command that passes unchanged and for the TTL rewrites (default added, expiry clamped,
-//! hidden `EXPIRE ... NX` appended). Uses the shipped `config/example.yaml` policy.
+//! hidden `EXPIRE ... NX` appended). Uses the shipped `config/example.yaml` policy; the
+//! `permission` group adds a `clients` section to it and times one identity's check of a
+//! command (its row, then each key's namespace and access).
 //!
 //! `cargo bench --bench policy`
 
@@ -85,5 +87,58 @@ fn check(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, naming, check);
+/// The example policy with two identities (certificate-only, so no secret is needed here).
+fn policy_with_clients() -> std::sync::Arc<Policy> {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"));
+    let mut yaml = std::fs::read_to_string(path).expect("config/example.yaml");
+    yaml.push_str(
+        "\n  clients:\n    web:\n      certificate: [web.internal]\n      namespaces: { user_profile: readwrite, session: readwrite, customer: readwrite, analytics: read }\n      commands: \"+@all -@dangerous\"\n    analytics:\n      certificate: [analytics.internal]\n      namespaces: { analytics: readwrite }\n",
+    );
+    match Config::parse(&yaml, "example.yaml + clients", &Overrides::default()) {
+        Ok(cfg) => cfg.policy.unwrap_or_default(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn permission(c: &mut Criterion) {
+    let policy = policy_with_clients();
+    let clients = policy.clients().expect("clients");
+    let web = clients
+        .find(b"web")
+        .and_then(|id| clients.get(id))
+        .expect("web");
+    let mut g = c.benchmark_group("permission");
+    let cases: [(&str, Cmd); 4] = [
+        ("get_allowed", Cmd::new(&[b"GET", b"session:4f9c2a"])),
+        ("set_allowed", Cmd::new(&[b"SET", b"session:4f9c2a", b"v"])),
+        (
+            "mget_4_allowed",
+            Cmd::new(&[
+                b"MGET",
+                b"user_profile:1",
+                b"session:2",
+                b"customer:cus_3",
+                b"analytics:dashboard:4",
+            ]),
+        ),
+        (
+            "get_refused",
+            Cmd::new(&[b"GET", b"rate_limit:login:4f9c2a"]),
+        ),
+    ];
+    for (name, cmd) in &cases {
+        let argv = cmd.argv();
+        let spec = command::lookup(&argv);
+        let mut keys = Vec::new();
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let r = web.check(&policy, spec, black_box(&argv), &mut keys);
+                black_box(r.is_ok())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, naming, check, permission);
 criterion_main!(benches);

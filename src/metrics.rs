@@ -82,6 +82,10 @@ const COUNTER_HELP: &[(&str, &str)] = &[
         "TLS certificate reloads by result (ok, error).",
     ),
     (
+        "respguard_auth_failures_total",
+        "Failed client logins (policy.clients) by client address; addresses past the first 64 count as _other.",
+    ),
+    (
         "respguard_config_reloads_total",
         "Configuration reloads by result (ok, error).",
     ),
@@ -595,6 +599,19 @@ impl Metrics {
         if let Some(u) = upstream {
             h.upstream.record_n(u, n);
         }
+    }
+
+    /// A client login failed (`policy.clients`); `client` comes from a bounded set.
+    pub fn auth_failure(&self, client: &str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "respguard_auth_failures_total",
+                    vec![Label::new("client", client.to_string())],
+                ),
+                &META,
+            )
+            .increment(1);
     }
 
     /// A client's TLS handshake failed; rare enough to register the series on use.

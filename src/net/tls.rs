@@ -724,6 +724,39 @@ impl Drop for TlsWrite {
     }
 }
 
+/// The names a client certificate (DER) carries: its subject CNs, then its DNS, email, URI
+/// and IP address SANs. Empty when it cannot be parsed (the handshake already verified it).
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    names.push((*s).to_string())
+                }
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|i| i.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
 /// Reads one reply line (PING's answer is always a single line), up to a bound.
 async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<()> {
     let mut b = [0u8; 1];

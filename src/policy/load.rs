@@ -66,6 +66,7 @@ pub struct RawPolicy {
     allowed_unknown_commands: Option<Vec<Spanned<String>>>,
     sensitive: Option<RawSensitive>,
     namespaces: Option<RawNamespaces>,
+    clients: Option<super::identity::RawClients>,
 }
 
 /// `namespaces:` in file order (the order gives the [`NsId`]s), each name with its line.
@@ -339,6 +340,14 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
             pattern::Matcher::default()
         }
     };
+    let clients = match &raw.clients {
+        None => None,
+        Some(rc) => {
+            let v = super::identity::validate(rc, &names, c.p);
+            c.failed |= v.is_none();
+            v
+        }
+    };
     if c.failed {
         return None;
     }
@@ -351,6 +360,7 @@ pub fn validate(raw: RawPolicy, p: &mut Problems<'_>) -> Option<PolicyConfig> {
         namespaces,
         rules,
         sensitive,
+        clients,
     }))
 }
 

@@ -35,8 +35,10 @@
 //! the Redis ACL user `respguard acl` prints is the wall inside them.
 
 pub mod acl;
+pub mod auth;
 pub mod commands;
 mod dump;
+pub mod identity;
 pub mod json;
 mod load;
 pub mod naming;
@@ -134,6 +136,9 @@ pub enum Rule {
     /// The command copies or moves data into a namespace whose sensitive rules the source
     /// namespace's rules do not imply.
     CrossNamespace,
+    /// The client's identity (`policy.clients`) may not run the command or touch its keys
+    /// or channels.
+    Permission,
 }
 
 impl Rule {
@@ -150,6 +155,7 @@ impl Rule {
             Rule::Sensitive => "sensitive",
             Rule::Script => "script",
             Rule::CrossNamespace => "cross_namespace",
+            Rule::Permission => "permission",
         }
     }
 }
@@ -272,6 +278,8 @@ pub struct Policy {
     rules: commands::CommandRules,
     /// `None` when no `sensitive` section can find anything: stage 3 is skipped.
     sensitive: Option<sensitive_stage::SensitiveStage>,
+    /// `policy.clients`: `None` leaves client authentication to Redis.
+    clients: Option<identity::Clients>,
 }
 
 impl Default for Policy {
@@ -285,6 +293,7 @@ impl Default for Policy {
             namespaces: Vec::new(),
             rules: commands::CommandRules::default(),
             sensitive: None,
+            clients: None,
         }
     }
 }
@@ -586,6 +595,11 @@ impl Policy {
     /// The compiled command rules (`denied_commands`, `scripts`).
     pub fn command_rules(&self) -> &commands::CommandRules {
         &self.rules
+    }
+
+    /// The client identities (`policy.clients`), when configured.
+    pub fn clients(&self) -> Option<&identity::Clients> {
+        self.clients.as_ref()
     }
 
     pub(crate) fn matcher(&self) -> &pattern::Matcher {

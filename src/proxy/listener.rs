@@ -18,12 +18,15 @@ use super::admin;
 use super::shared::{Shared, ShutdownPhase};
 use crate::config::Config;
 use crate::net::stream::ClientStream;
+use crate::net::tls::certificate_names;
+use crate::policy::auth::PeerInfo;
 use crate::upstream::{cluster, Pool};
 
 /// A client accepted by a listener other than the plain TCP one (Unix socket, TLS after its
 /// handshake), with a description of where it came from for the log, and its client slot if
-/// it took one before being handed over (a TLS client, for its handshake).
-type Incoming = (ClientStream, String, Option<Slot>);
+/// it took one before being handed over (a TLS client, for its handshake), and what is known
+/// of the peer for client identities (its address, its certificate's names).
+type Incoming = (ClientStream, String, Option<Slot>, PeerInfo);
 
 /// One client's place under `max_clients`, given back when dropped.
 pub struct Slot(Arc<Shared>);
@@ -214,7 +217,7 @@ async fn accept_unix(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
-                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()), None)).await.is_err() {
+                    if to.send((ClientStream::Unix(s), format!("unix:{}", path.display()), None, PeerInfo::default())).await.is_err() {
                         break;
                     }
                 }
@@ -255,7 +258,15 @@ async fn accept_tls(
                     tokio::spawn(async move {
                         match tls.accept(s).await {
                             Ok(u) => {
-                                let _ = to.send((ClientStream::Tls(Box::new(u)), format!("tls:{peer}"), Some(slot))).await;
+                                let cert_names = u
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| certificate_names(c))
+                                    .unwrap_or_default();
+                                let info = PeerInfo { addr: Some(peer.ip()), cert_names };
+                                let _ = to.send((ClientStream::Tls(Box::new(u)), format!("tls:{peer}"), Some(slot), info)).await;
                             }
                             Err(f) => {
                                 shared.metrics.client_tls_failure(f.reason);
@@ -295,14 +306,17 @@ async fn accept_loop(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => admit(ClientStream::Tcp(stream), peer, None, &shared, &shutdown, &done_tx),
+                Ok((stream, peer)) => {
+                    let info = PeerInfo { addr: Some(peer.ip()), cert_names: Vec::new() };
+                    admit(ClientStream::Tcp(stream), peer, None, info, &shared, &shutdown, &done_tx)
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some((stream, peer, slot)) = incoming.recv() => admit(stream, peer, slot, &shared, &shutdown, &done_tx),
+            Some((stream, peer, slot, info)) = incoming.recv() => admit(stream, peer, slot, info, &shared, &shutdown, &done_tx),
             _ = shutdown.changed() => break,
         }
     }
@@ -321,6 +335,7 @@ fn admit(
     mut stream: ClientStream,
     peer: impl fmt::Display,
     slot: Option<Slot>,
+    info: PeerInfo,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<ShutdownPhase>,
     done: &mpsc::Sender<()>,
@@ -342,7 +357,7 @@ fn admit(
     let shutdown = shutdown.clone();
     let done = done.clone();
     tokio::spawn(async move {
-        super::session::serve(stream, shared.clone(), shutdown).await;
+        super::session::serve(stream, info, shared.clone(), shutdown).await;
         drop(slot);
         shared.metrics.client_connections.decrement(1.0);
         drop(done);

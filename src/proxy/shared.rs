@@ -41,6 +41,11 @@ pub struct Shared {
     pub(super) cluster: OnceLock<Cluster>,
     /// The most clients the open file limit allows (see [`super::listener::clients_for_descriptors`]).
     pub(super) client_cap: AtomicUsize,
+    /// Failed logins per client address (`policy.clients`).
+    pub auth_failures: crate::policy::auth::Failures,
+    /// Told the policy generation on every reload, so a session whose identity was removed
+    /// closes at once rather than at its next command.
+    policy_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -57,6 +62,8 @@ impl Shared {
             clients: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
             client_cap: AtomicUsize::new(usize::MAX),
+            auth_failures: crate::policy::auth::Failures::default(),
+            policy_changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -114,7 +121,13 @@ impl Shared {
             Ok(mut g) => *g = policy,
             Err(p) => *p.into_inner() = policy,
         }
-        self.policy_gen.fetch_add(1, Ordering::AcqRel);
+        let gen = self.policy_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        self.policy_changed.send_replace(gen);
+    }
+
+    /// A receiver told of every reload.
+    pub fn policy_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.policy_changed.subscribe()
     }
 
     /// Per-namespace metric handles for the policy in force.

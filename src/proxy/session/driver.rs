@@ -13,12 +13,14 @@ use super::limits::ClientTimeout;
 use super::{Session, SessionError, HIGH_WATER, MAX_PENDING, SHARED_MAX_PENDING};
 use crate::net::io::{read_now, reserve_for_read, write_now};
 use crate::net::stream::{ClientStream, ClientWrite};
+use crate::policy::auth::{ClientAuth, PeerInfo};
 use crate::proxy::shared::{Shared, ShutdownPhase};
 use crate::upstream::{Handle, Link, Ready, UpstreamError};
 
 /// Serves one accepted client until it disconnects, the upstream fails, or shutdown drains it.
 pub async fn serve(
     client: ClientStream,
+    peer: PeerInfo,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) {
@@ -30,6 +32,7 @@ pub async fn serve(
         None => Link::open(shared.pool(), &cfg.upstream, &cfg.limits, &shared.metrics).await,
     };
     let mut conn = Session::new(shared, link);
+    conn.auth = ClientAuth::new(peer.addr, peer.cert_names, conn.shared.policy().as_deref());
     let read_timeout = cfg.upstream.read_timeout;
     drop(cfg);
     if let Err(e) = conn.run(client, &mut shutdown, read_timeout).await {
@@ -47,6 +50,14 @@ async fn next_phase(
     Result<(), watch::error::RecvError>,
     watch::Receiver<ShutdownPhase>,
 ) {
+    let r = rx.changed().await;
+    (r, rx)
+}
+
+/// Waits for the next reload; hands the receiver back to wait again.
+async fn next_reload(
+    mut rx: watch::Receiver<u64>,
+) -> (Result<(), watch::error::RecvError>, watch::Receiver<u64>) {
     let r = rx.changed().await;
     (r, rx)
 }
@@ -74,6 +85,10 @@ impl Session {
         // Kept across iterations: a fresh `changed()` per wakeup would register with and
         // leave the shutdown signal's waiter list every time.
         let mut phase = std::pin::pin!(next_phase(shutdown.clone()));
+        // Only a logged-in client can lose its identity in a reload; the others pick up a
+        // new policy at their next command.
+        let mut reload = std::pin::pin!(next_reload(self.shared.policy_watch()));
+        let mut reload_open = true;
         let mut client_eof = false;
         loop {
             // Metrics are current whenever the task waits.
@@ -101,6 +116,7 @@ impl Session {
             }
             let read_client = !client_eof
                 && !draining
+                && self.auth_hold.is_none()
                 && (self.closing
                     || (!self.link.is_pinning()
                         && self.uout.len() < HIGH_WATER
@@ -199,6 +215,15 @@ impl Session {
                         tracing::debug!("client idle for idle_timeout; closing");
                         return Ok(());
                     }
+                }
+                (r, rx) = &mut reload, if reload_open && self.auth.logged_in() => {
+                    reload.set(next_reload(rx));
+                    reload_open = r.is_ok();
+                    self.refresh_policy();
+                }
+                _ = sleep_until(self.auth_hold.as_ref().map(|h| h.0)), if self.auth_hold.is_some() => {
+                    self.release_auth_hold();
+                    self.send_batch(&cwr).await?;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.upstream_failed(UpstreamError::ReadTimeout(read_timeout.as_millis()));

@@ -62,6 +62,10 @@ impl Session {
             self.policy = self.shared.policy();
             self.ns_table = self.shared.namespace_table();
             self.policy_gen = gen;
+            if !self.auth.rebind(self.policy.as_deref()) {
+                tracing::info!("the client's identity was removed from the policy; closing");
+                self.closing = true;
+            }
         }
     }
 
@@ -72,7 +76,11 @@ impl Session {
         let buf = std::mem::take(&mut self.cbuf);
         let mut off = 0;
         let mut incomplete = false;
-        while off < buf.len() && !self.closing && !self.link.is_pinning() {
+        while off < buf.len()
+            && !self.closing
+            && !self.link.is_pinning()
+            && self.auth_hold.is_none()
+        {
             let rest = &buf[off..];
             match self
                 .reqscan
@@ -199,6 +207,11 @@ impl Session {
         };
         let cmd = spec.map(|s| s.index());
         let traits = traits(spec);
+        if self.policy.as_ref().is_some_and(|p| p.clients().is_some()) {
+            if let Some(done) = self.identity_gate(spec, &argv) {
+                return done;
+            }
+        }
         if traits.special == Special::Replication {
             // After SYNC/PSYNC Redis sends an RDB payload and then a command stream, not
             // replies: nothing could be paired or checked any more, and the client would wait
@@ -370,6 +383,9 @@ impl Session {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
+            Special::None if self.multi.is_none() && self.filter_keys(spec).is_some() => {
+                Kind::KeyFilter(self.filter_keys(spec).unwrap_or_default())
+            }
             Special::None | Special::Replication | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 if let (Some(layout), true) = (self.multi.as_mut(), traits.queued_in_multi) {

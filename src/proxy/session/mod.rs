@@ -33,10 +33,12 @@ use super::shared::Shared;
 use crate::codec::{self, Limits, ReplyScanner, Span};
 use crate::command::CommandSpec;
 use crate::metrics::{NsTable, Outcome};
+use crate::policy::auth::ClientAuth;
 use crate::policy::{NsId, Policy, Scratch, NS_NONE};
 use crate::upstream::{Link, UpstreamError};
 
 mod driver;
+mod identity;
 mod intake;
 mod limits;
 mod modes;
@@ -79,6 +81,9 @@ enum Kind {
     Poison,
     /// Answered by the proxy: these bytes go to the client when the entry reaches the front.
     Local(Bytes, Outcome),
+    /// `SCAN` (`true`) or `KEYS` from an identity that may not read every key: the keys in
+    /// the reply are filtered to the readable ones.
+    KeyFilter(bool),
     /// A (un)subscribe command: its reply may come as a pub/sub confirmation frame.
     Pubsub,
     Monitor,
@@ -235,6 +240,10 @@ struct Session {
     link: Link,
     /// Replies expected for what is in `uout` (the size of the next shared job).
     unsent: usize,
+    /// The client's identity (`policy.clients`).
+    auth: ClientAuth,
+    /// A failed login's answer, held until its delay is over; no command is read meanwhile.
+    auth_hold: Option<(tokio::time::Instant, Bytes, Option<usize>)>,
 }
 
 impl Session {
@@ -290,6 +299,8 @@ impl Session {
             },
             link,
             unsent: 0,
+            auth: ClientAuth::default(),
+            auth_hold: None,
             shared,
         }
     }

@@ -219,6 +219,13 @@ impl Session {
         };
         let forward = match p.kind {
             Kind::Reply | Kind::Pubsub => true,
+            Kind::KeyFilter(scan) => {
+                if let Some(out) = self.filter_key_reply(bytes, scan) {
+                    self.record(&p.meta, outcome, None);
+                    return Action::Replace(out);
+                }
+                true
+            }
             Kind::Hidden => {
                 if outcome == Outcome::Error {
                     tracing::warn!(
