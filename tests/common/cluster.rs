@@ -184,21 +184,35 @@ impl RedisCluster {
     /// Moves `slots` slots from the primary on `from` to the one on `to` with
     /// `redis-cli --cluster reshard` (keys migrated with MIGRATE, clients see ASK/MOVED).
     pub fn reshard(&self, from: &NodeInfo, to: &NodeInfo, slots: u32) {
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("reshard")
-            .arg(format!("127.0.0.1:{}", from.port))
-            .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
-            .args(["--cluster-slots", &slots.to_string()])
-            .args(["--cluster-pipeline", "10", "--cluster-yes"])
-            .output()
-            .expect("redis-cli on PATH");
-        assert!(
-            out.status.success(),
-            "reshard failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Right after a move the nodes' views converge over the cluster bus; `redis-cli`
+        // refuses to start while they differ ("Nodes don't agree about configuration"), so
+        // wait for agreement and try again while that is the only complaint.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.wait_ok(Duration::from_secs(20));
+            let out = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("reshard")
+                .arg(format!("127.0.0.1:{}", from.port))
+                .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
+                .args(["--cluster-slots", &slots.to_string()])
+                .args(["--cluster-pipeline", "10", "--cluster-yes"])
+                .output()
+                .expect("redis-cli on PATH");
+            if out.status.success() {
+                return;
+            }
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("don't agree about configuration") && Instant::now() < deadline,
+                "reshard failed: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
