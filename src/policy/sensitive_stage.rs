@@ -1,5 +1,6 @@
-//! Stage 3 wiring: which [`SensitiveRules`] apply to which key, and what the stage's findings
-//! become (a rewritten command, a local answer, a refusal, and metric entries).
+//! The sensitive-data stage (the third) wired into the policy: which [`SensitiveRules`] apply
+//! to which key, and what the stage's findings become (a rewritten command, a local answer,
+//! a refusal, and metric entries).
 //!
 //! The compiled policy holds one [`SensitiveStage`] only when some rule set can find
 //! something; without a `sensitive` section the stage does not exist and costs nothing.

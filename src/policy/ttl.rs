@@ -1,5 +1,5 @@
-//! TTL enforcement, the third policy stage: every key a command writes ends up with an expiry
-//! inside its namespace's bounds.
+//! TTL enforcement, the fourth and last policy stage: every key a command writes ends up with
+//! an expiry inside its namespace's bounds.
 //!
 //! - `SET` without `EX/PX/EXAT/PXAT/KEEPTTL` gains the namespace default (`EX n`, or `PX n` when
 //!   the default is not whole seconds): a plain `SET` removes any expiry, so it always needs one.
