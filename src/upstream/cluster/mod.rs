@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     map: RwLock<Arc<SlotMap>>,
     nodes: DashMap<String, node::NodeConn>,
     refresh_wanted: Arc<Notify>,
-    /// Whether the latest refresh succeeded (readiness).
+    /// Whether the last topology refresh succeeded; `/readyz` reports ready only while it has.
     healthy: AtomicBool,
     last_error: RwLock<String>,
     /// Rotates keyless commands over the primaries.
