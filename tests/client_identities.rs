@@ -449,6 +449,30 @@ async fn hello_3_auth_logs_in_and_reaches_redis_without_the_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_with_a_version_redis_refuses_logs_nobody_in() {
+    let e = env().await;
+    let mut c = Raw::connect(e.proxy.local_addr).await;
+    let pw = WEB_PASSWORD.as_bytes();
+    // Redis's own replies: the version is checked before the AUTH option.
+    assert_resp!(
+        c.call(&[b"HELLO", b"4", b"AUTH", b"web", pw]).await,
+        b"-NOPROTO unsupported protocol version\r\n"
+    );
+    assert_resp!(
+        c.call(&[b"HELLO", b"x", b"AUTH", b"web", pw]).await,
+        b"-ERR Protocol version is not an integer or out of range\r\n"
+    );
+    let get = text(&c.call(&[b"GET", b"session:7"]).await);
+    assert!(
+        get.starts_with("-NOPERM"),
+        "still the default identity: {get}"
+    );
+    let hello = c.call(&[b"HELLO", b"2", b"AUTH", b"web", pw]).await;
+    assert!(hello.starts_with(b"*"), "{}", text(&hello));
+    assert_resp!(c.call(&[b"GET", b"session:none"]).await, b"$-1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_channels_follow_the_identity() {
     let e = env().await;
     let mut web = login(&e, "web", WEB_PASSWORD).await;

@@ -326,6 +326,21 @@ impl ClientAuth {
         failures: &Failures,
         metric: &dyn Fn(&str),
     ) -> Gate {
+        // Redis checks the protocol version before it looks at the options: a HELLO it
+        // refuses logs nobody in.
+        match argv.get(1).and_then(crate::codec::string2ll) {
+            None => {
+                return Gate::Answer(Bytes::from_static(
+                    b"-ERR Protocol version is not an integer or out of range\r\n",
+                ))
+            }
+            Some(2 | 3) => {}
+            Some(_) => {
+                return Gate::Answer(Bytes::from_static(
+                    b"-NOPROTO unsupported protocol version\r\n",
+                ))
+            }
+        }
         let (Some(user), Some(password)) = (argv.get(at + 1), argv.get(at + 2)) else {
             // Redis's own error for a short AUTH option.
             return Gate::Answer(Bytes::from_static(
