@@ -612,6 +612,62 @@ async fn a_reload_applies_to_connected_clients_and_closes_removed_identities() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_narrows_channels_closes_the_subscribers_it_no_longer_allows() {
+    let e = env().await;
+    let mut on_notify = login(&e, "web", WEB_PASSWORD).await;
+    assert_resp!(
+        on_notify.call(&[b"SUBSCRIBE", b"notify:1"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\nnotify:1\r\n:1\r\n"
+    );
+    let mut on_pattern = login(&e, "web", WEB_PASSWORD).await;
+    assert_resp!(
+        on_pattern.call(&[b"PSUBSCRIBE", b"notify:*"]).await,
+        b"*3\r\n$10\r\npsubscribe\r\n$8\r\nnotify:*\r\n:1\r\n"
+    );
+    // Subscribed, then unsubscribed: nothing left to lose.
+    let mut was_subscribed = login(&e, "web", WEB_PASSWORD).await;
+    assert_resp!(
+        was_subscribed.call(&[b"SUBSCRIBE", b"notify:2"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\nnotify:2\r\n:1\r\n"
+    );
+    assert_resp!(
+        was_subscribed.call(&[b"UNSUBSCRIBE"]).await,
+        b"*3\r\n$11\r\nunsubscribe\r\n$8\r\nnotify:2\r\n:0\r\n"
+    );
+    let mut kept = login(&e, "web", WEB_PASSWORD).await;
+    assert_resp!(
+        kept.call(&[b"SUBSCRIBE", b"notify:3"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\nnotify:3\r\n:1\r\n"
+    );
+
+    let narrowed = policy(e.dir.path(), "readwrite", true).replace(
+        r#"channels: ["notify:*"]"#,
+        r#"channels: ["alerts:*", "notify:3"]"#,
+    );
+    assert!(narrowed.contains("alerts:*"));
+    e.proxy
+        .shared
+        .install(common::config(&narrowed, &e.redis.url()));
+
+    assert!(on_notify.closed_within(Duration::from_secs(5)).await);
+    assert!(on_pattern.closed_within(Duration::from_secs(5)).await);
+    assert_resp!(
+        was_subscribed.call(&[b"GET", b"session:none"]).await,
+        b"$-1\r\n"
+    );
+    // A subscriber the new rules allow keeps its subscription and gets messages.
+    let mut publisher = login(&e, "web", WEB_PASSWORD).await;
+    assert_resp!(
+        publisher.call(&[b"PUBLISH", b"notify:3", b"hi"]).await,
+        b":1\r\n"
+    );
+    assert_resp!(
+        kept.read().await,
+        b"*3\r\n$7\r\nmessage\r\n$8\r\nnotify:3\r\n$2\r\nhi\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_names_the_identity() {
     use common::{call_on, tls_connect, Pki};
     let redis = RedisServer::start();

@@ -114,6 +114,33 @@ pub struct ClientAuth {
     pub addr: Option<IpAddr>,
     /// Reused key buffer for the permission check.
     keys: Vec<KeyRef>,
+    /// Channels and patterns the client subscribed to: a reload that no longer allows one
+    /// of them closes the connection, as Redis disconnects such a subscriber when its ACL
+    /// user changes.
+    subscriptions: Vec<(Subscription, Box<[u8]>)>,
+}
+
+/// What a subscription names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subscription {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Subscription {
+    /// The kind a (un)subscribing command acts on, and whether it subscribes.
+    fn of(spec: &CommandSpec) -> Option<(Subscription, bool)> {
+        Some(match spec.name {
+            "SUBSCRIBE" => (Subscription::Channel, true),
+            "UNSUBSCRIBE" => (Subscription::Channel, false),
+            "PSUBSCRIBE" => (Subscription::Pattern, true),
+            "PUNSUBSCRIBE" => (Subscription::Pattern, false),
+            "SSUBSCRIBE" => (Subscription::Shard, true),
+            "SUNSUBSCRIBE" => (Subscription::Shard, false),
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -173,6 +200,14 @@ impl ClientAuth {
         match policy.and_then(|p| p.clients()) {
             Some(c) => {
                 self.id = self.resolve(c);
+                if let Some(ident) = self.id.and_then(|i| c.get(i)) {
+                    let allowed = self.subscriptions.iter().all(|(kind, name)| {
+                        ident.may_use_channel(*kind == Subscription::Pattern, name)
+                    });
+                    if !allowed {
+                        return false;
+                    }
+                }
                 self.id.is_some() || !matches!(self.how, How::Password(_))
             }
             None => {
@@ -185,6 +220,41 @@ impl ClientAuth {
     /// Whether the client logged in (password or certificate) rather than being `default`.
     pub fn logged_in(&self) -> bool {
         self.how != How::Default
+    }
+
+    /// Whether a reload may end this connection: its identity may be removed, or may no
+    /// longer allow a channel it listens to. Other clients pick up a new policy at their
+    /// next command.
+    pub fn bound_by_reloads(&self) -> bool {
+        self.logged_in() || !self.subscriptions.is_empty()
+    }
+
+    /// Follows the client's subscriptions through a command the identity allowed.
+    fn note_subscriptions(&mut self, spec: &CommandSpec, argv: &Argv<'_>) {
+        if spec.name == "RESET" {
+            self.subscriptions.clear();
+            return;
+        }
+        let Some((kind, subscribe)) = Subscription::of(spec) else {
+            return;
+        };
+        if subscribe {
+            for ch in argv.iter().skip(1) {
+                if !self
+                    .subscriptions
+                    .iter()
+                    .any(|(k, n)| *k == kind && n.as_ref() == ch)
+                {
+                    self.subscriptions.push((kind, ch.into()));
+                }
+            }
+        } else if argv.len() == 1 {
+            self.subscriptions.retain(|(k, _)| *k != kind);
+        } else {
+            let gone = |n: &[u8]| argv.iter().skip(1).any(|ch| ch == n);
+            self.subscriptions
+                .retain(|(k, n)| *k != kind || !gone(n.as_ref()));
+        }
     }
 
     /// The identity's name, for logs.
@@ -251,7 +321,12 @@ impl ClientAuth {
             return Gate::Answer(Bytes::from_static(NOAUTH));
         };
         match ident.check(policy, spec, argv, &mut self.keys) {
-            Ok(()) => Gate::Pass,
+            Ok(()) => {
+                if let Some(s) = spec {
+                    self.note_subscriptions(s, argv);
+                }
+                Gate::Pass
+            }
             Err(d) => Gate::Refuse(d),
         }
     }

@@ -369,6 +369,13 @@ impl Identity {
         self.access(policy.namespace_of(key)).allows(Access::READ)
     }
 
+    /// Whether the identity may listen to `ch` (a pattern when `pattern`).
+    pub fn may_use_channel(&self, pattern: bool, ch: &[u8]) -> bool {
+        self.channels
+            .as_deref()
+            .is_none_or(|globs| channel_allowed(globs, pattern, ch))
+    }
+
     /// Decides one command: its row, then every key, then every channel. `keys` is a
     /// reused buffer. Allocation-free unless the command is refused.
     pub fn check(
@@ -438,14 +445,7 @@ impl Identity {
             if let Some(first) = channel_args(spec, argv) {
                 let pattern = spec.name == "PSUBSCRIBE";
                 for ch in argv.iter().skip(first).step_by(channel_step(spec)) {
-                    let ok = if pattern {
-                        // A subscriber's pattern may match channels beyond the allowed ones
-                        // unless it is one of them literally, as Redis decides it.
-                        globs.iter().any(|g| g.as_ref() == ch || g.as_ref() == b"*")
-                    } else {
-                        globs.iter().any(|g| glob_match(g, ch))
-                    };
-                    if !ok {
+                    if !channel_allowed(globs, pattern, ch) {
                         return Err(Denied {
                             message: format!(
                                 "NOPERM this user has no permissions to access one of the channels used as arguments (identity '{}')",
@@ -458,6 +458,16 @@ impl Identity {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the channel globs allow a channel, or a subscriber's pattern: a pattern may match
+/// channels beyond the allowed ones unless it is one of them literally, as Redis decides it.
+fn channel_allowed(globs: &[Box<[u8]>], pattern: bool, ch: &[u8]) -> bool {
+    if pattern {
+        globs.iter().any(|g| g.as_ref() == ch || g.as_ref() == b"*")
+    } else {
+        globs.iter().any(|g| glob_match(g, ch))
     }
 }
 

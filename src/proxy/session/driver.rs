@@ -85,8 +85,8 @@ impl Session {
         // Kept across iterations: a fresh `changed()` per wakeup would register with and
         // leave the shutdown signal's waiter list every time.
         let mut phase = std::pin::pin!(next_phase(shutdown.clone()));
-        // Only a logged-in client can lose its identity in a reload; the others pick up a
-        // new policy at their next command.
+        // A reload can end only a logged-in or subscribed client's connection; the others
+        // pick up a new policy at their next command.
         let mut reload = std::pin::pin!(next_reload(self.shared.policy_watch()));
         let mut reload_open = true;
         let mut client_eof = false;
@@ -216,7 +216,7 @@ impl Session {
                         return Ok(());
                     }
                 }
-                (r, rx) = &mut reload, if reload_open && self.auth.logged_in() => {
+                (r, rx) = &mut reload, if reload_open && self.auth.bound_by_reloads() => {
                     reload.set(next_reload(rx));
                     reload_open = r.is_ok();
                     self.refresh_policy();

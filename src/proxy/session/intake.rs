@@ -63,7 +63,9 @@ impl Session {
             self.ns_table = self.shared.namespace_table();
             self.policy_gen = gen;
             if !self.auth.rebind(self.policy.as_deref()) {
-                tracing::info!("the client's identity was removed from the policy; closing");
+                tracing::info!(
+                    "the reloaded policy removed the client's identity or one of the channels it listens to; closing"
+                );
                 self.closing = true;
             }
         }
