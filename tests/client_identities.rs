@@ -676,11 +676,10 @@ async fn a_client_certificate_names_the_identity() {
     let server = pki.issue("proxy", &["127.0.0.1"]);
     let analytics = pki.issue("analytics-client", &["analytics.internal"]);
     let stranger = pki.issue("stranger", &["stranger.internal"]);
+    let ca = pki.ca_file().display().to_string();
     let yaml = format!(
-        "tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  client_auth: optional\n{}",
-        server.cert.display(),
-        server.key.display(),
-        pki.ca_file().display(),
+        "{}{}",
+        common::tls_listener_yaml(&server, &[("ca_file", &ca), ("client_auth", "optional")]),
         policy(dir.path(), "readwrite", true)
     );
     let proxy = common::proxy(&yaml, &redis.url()).await;

@@ -54,11 +54,7 @@ async fn redis_cli_over_tls_while_plain_clients_keep_working() {
     let redis = RedisServer::start();
     let pki = Pki::new("cli");
     let server = pki.issue("proxy", &["127.0.0.1"]);
-    let yaml = format!(
-        "tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
-        server.cert.display(),
-        server.key.display()
-    );
+    let yaml = common::tls_listener_yaml(&server, &[]);
     let proxy = common::proxy(&yaml, &redis.url()).await;
     let tls_port = proxy.tls_addr.expect("tls listener").port().to_string();
     let ca = pki.ca_file();
@@ -105,11 +101,14 @@ async fn redis_cli_over_tls_while_plain_clients_keep_working() {
 }
 
 fn auth_yaml(pki: &Pki, server: &common::Issued, auth: &str) -> String {
-    format!(
-        "tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  client_auth: {auth}\n  handshake_timeout: 300ms\n",
-        server.cert.display(),
-        server.key.display(),
-        pki.ca_file().display()
+    let ca = pki.ca_file().display().to_string();
+    common::tls_listener_yaml(
+        server,
+        &[
+            ("ca_file", &ca),
+            ("client_auth", auth),
+            ("handshake_timeout", "300ms"),
+        ],
     )
 }
 
@@ -207,9 +206,8 @@ async fn handshakes_in_progress_count_against_max_clients() {
     let pki = Pki::new("flood");
     let server = pki.issue("proxy", &["127.0.0.1"]);
     let yaml = format!(
-        "limits:\n  max_clients: 2\ntls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n  handshake_timeout: 5s\n",
-        server.cert.display(),
-        server.key.display()
+        "limits:\n  max_clients: 2\n{}",
+        common::tls_listener_yaml(&server, &[("handshake_timeout", "5s")])
     );
     let proxy = common::proxy(&yaml, &redis.url()).await;
     let addr = proxy.tls_addr.expect("tls");

@@ -34,11 +34,7 @@ async fn new_handshakes_present_a_rotated_certificate_and_old_connections_contin
     let redis = RedisServer::start();
     let pki = Pki::new("rotate");
     let server = pki.issue("proxy", &["127.0.0.1"]);
-    let yaml = format!(
-        "tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
-        server.cert.display(),
-        server.key.display()
-    );
+    let yaml = common::tls_listener_yaml(&server, &[]);
     let proxy = common::proxy(&yaml, &redis.url()).await;
     let addr = proxy.tls_addr.expect("tls");
     let first = presented(addr, &pki).await;

@@ -291,10 +291,9 @@ async fn a_64mb_value_and_a_10k_pipeline_cross_tls_on_both_sides() {
     let server = pki.issue("server", &["127.0.0.1"]);
     let redis = TlsRedis::start(&pki, &server, "no");
     let yaml = format!(
-        "{}tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
+        "{}{}",
         tls_yaml(&[("ca_file", &pki.ca_file())]),
-        server.cert.display(),
-        server.key.display()
+        common::tls_listener_yaml(&server, &[])
     );
     let proxy = common::proxy(&yaml, &redis.tls_url()).await;
     let mut c = common::tls_connect(proxy.tls_addr.expect("tls"), &pki, None)

@@ -217,3 +217,17 @@ where
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
+
+/// The `tls:` section of a proxy config: a TLS listener on a free port presenting `server`,
+/// with further settings of that section as `key: value` pairs (e.g. `client_auth`).
+pub fn tls_listener_yaml(server: &Issued, settings: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "tls:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
+        server.cert.display(),
+        server.key.display()
+    );
+    for (k, v) in settings {
+        y.push_str(&format!("  {k}: {v}\n"));
+    }
+    y
+}
