@@ -244,7 +244,8 @@ async fn scan_walks_every_primary_and_dbsize_sums_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_commands_answer_as_a_single_node_and_stateful_commands_are_refused_clearly() {
+async fn cluster_commands_answer_as_a_single_node_and_per_connection_commands_are_refused_clearly()
+{
     let cluster = RedisCluster::start();
     let single = RedisServer::start();
     let p = cluster_proxy(PERMISSIVE, &cluster).await;
@@ -261,15 +262,36 @@ async fn cluster_commands_answer_as_a_single_node_and_stateful_commands_are_refu
         call(&mut c, &["SELECT", "1"]).await,
         b"-ERR SELECT is not allowed in cluster mode\r\n".to_vec()
     );
-    for cmd in [&["MULTI"][..], &["BLPOP", "q", "1"], &["SUBSCRIBE", "ch"]] {
+    // What would apply to one node's connection only is refused, saying why.
+    for (cmd, name) in [
+        (&["MONITOR"][..], "MONITOR"),
+        (&["CLIENT", "ID"], "CLIENT|ID"),
+        (&["CLIENT", "TRACKING", "on"], "CLIENT|TRACKING"),
+    ] {
         let r = call(&mut c, cmd).await;
         let text = String::from_utf8_lossy(&r);
         assert!(
-            text.starts_with(&format!("-ERR '{}' needs a connection of its own", cmd[0]))
-                && text.contains("Redis Cluster upstream"),
+            text.starts_with(&format!(
+                "-ERR '{name}' is not supported with a Redis Cluster upstream"
+            )),
             "{cmd:?}: {text}"
         );
     }
+    // RESP3 is refused the way a server without it refuses, so clients fall back to RESP2.
+    let r = call(&mut c, &["HELLO", "3"]).await;
+    assert!(r.starts_with(b"-NOPROTO "), "{}", show(&r));
+    assert!(call(&mut c, &["HELLO", "2"]).await.starts_with(b"*"));
+    // Replies switched off and on again by the proxy itself.
+    c.send(
+        b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n*2\r\n$4\r\nECHO\r\n$6\r\nhidden\r\n",
+    )
+    .await;
+    assert_resp!(
+        call(&mut c, &["CLIENT", "REPLY", "ON"]).await,
+        b"+OK\r\n".to_vec()
+    );
+    // RESET leaves a clean client on the router.
+    assert_resp!(call(&mut c, &["RESET"]).await, b"+RESET\r\n".to_vec());
     // The connection goes on.
     assert_resp!(call(&mut c, &["PING"]).await, b"+PONG\r\n".to_vec());
     // A real client library works against the proxy in single-node mode.

@@ -28,6 +28,10 @@ pub enum Special {
     Quit,
     Monitor,
     Pubsub,
+    /// `WATCH`: the connection now watches keys (until EXEC, DISCARD, UNWATCH or RESET).
+    Watch,
+    /// `UNWATCH`.
+    Unwatch,
     /// `SYNC`/`PSYNC`: refused, as the replication stream is not made of replies.
     Replication,
     /// `CLIENT REPLY`: the reply mode is applied by the proxy.
@@ -141,6 +145,9 @@ pub enum ClusterTip {
     NotCluster,
     /// `SELECT`: database 0 only, as in Redis Cluster.
     SelectZeroOnly,
+    /// `SPUBLISH`, `SSUBSCRIBE`, `SUNSUBSCRIBE`: the shard channels (key specs flagged
+    /// `not_key`) have a slot like keys, and Redis Cluster routes them by it.
+    ShardChannels,
 }
 
 /// How the replies of a command sent to several cluster nodes become one.
@@ -269,6 +276,8 @@ fn special_of(spec: &CommandSpec) -> Special {
         "MONITOR" => Special::Monitor,
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
         | "SUNSUBSCRIBE" => Special::Pubsub,
+        "WATCH" => Special::Watch,
+        "UNWATCH" => Special::Unwatch,
         "SYNC" | "PSYNC" => Special::Replication,
         "CLIENT|REPLY" => Special::ClientReply,
         _ => Special::None,
@@ -365,6 +374,7 @@ fn cluster_tip_of(spec: &CommandSpec) -> ClusterTip {
         "RANDOMKEY" => AllShards(AnyNonNil),
         "SCAN" => Scan,
         "SELECT" => SelectZeroOnly,
+        "SPUBLISH" | "SSUBSCRIBE" | "SUNSUBSCRIBE" => ShardChannels,
         n if n == "CLUSTER" || n.starts_with("CLUSTER|") => NotCluster,
         _ => Default,
     }
@@ -424,6 +434,7 @@ mod tests {
             "DEBUG",
             "CLIENT",
             "WATCH",
+            "UNWATCH",
             "GET",
             "GETEX",
             "GETDEL",

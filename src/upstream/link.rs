@@ -169,11 +169,28 @@ impl Link {
         }
     }
 
-    /// Leaves the shared connection; the next batch connects a dedicated one.
-    pub fn unshare(&mut self) {
-        if self.is_shared() {
-            *self = Link::Down { retry: true };
+    /// Leaves the shared connection; the next batch connects a dedicated one. Returns the
+    /// handle left, for a caller that may come back to it ([`Link::share`]).
+    pub fn unshare(&mut self) -> Option<Handle> {
+        if !self.is_shared() {
+            return None;
         }
+        match std::mem::replace(self, Link::Down { retry: true }) {
+            Link::Shared(h) | Link::Pinning(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Back from a dedicated connection (closed here) to the task-backed upstream behind
+    /// `h`: for a cluster client whose connection state is clean again.
+    pub fn share(&mut self, h: Handle) {
+        *self = Link::Shared(h);
+    }
+
+    /// Closes the dedicated connection, if any; the next batch connects a new one (to
+    /// another cluster node, when the connection's state has to move).
+    pub fn reopen(&mut self) {
+        *self = Link::Down { retry: true };
     }
 
     /// The dedicated connection failed: it is gone for good.
@@ -245,13 +262,21 @@ mod tests {
         assert!(link.is_shared() && link.is_up() && !link.is_pinning());
         link.pin();
         assert!(link.is_shared() && link.is_pinning());
-        link.unshare();
-        assert!(matches!(link, Link::Down { retry: true }));
+        let h = link.unshare();
+        assert!(h.is_some() && matches!(link, Link::Down { retry: true }));
+        assert!(link.unshare().is_none());
         // Nothing to lose, nothing to pin: a down link stays as it is.
         link.lost();
         link.pin();
         assert!(matches!(link, Link::Down { retry: true }));
         assert!(!link.wants_write(true));
+        // A cluster client goes back to its handle once its connection state is clean.
+        if let Some(h) = h {
+            link.share(h);
+        }
+        assert!(link.is_shared() && !link.is_pinning());
+        link.reopen();
+        assert!(matches!(link, Link::Down { retry: true }));
     }
 
     #[test]

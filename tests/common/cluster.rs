@@ -20,6 +20,18 @@ pub struct RedisCluster {
     bus_ports: Vec<u16>,
 }
 
+impl NodeInfo {
+    /// Whether this node serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+
+    /// Its client address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
 /// One line of `CLUSTER NODES`.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -104,6 +116,33 @@ impl RedisCluster {
             .into_iter()
             .find(|n| n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
             .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// A key named `prefix` plus a number whose slot `node` serves.
+    pub fn key_on(&self, node: &NodeInfo, prefix: &str) -> String {
+        (0..100_000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| node.serves(respguard::upstream::cluster::route::slot(k.as_bytes())))
+            .unwrap_or_else(|| panic!("no key of prefix {prefix} on {}", node.port))
+    }
+
+    /// Gives `slot` (which must hold no key) to the primary `to`, on every primary at once,
+    /// as `CLUSTER SETSLOT slot NODE id` does at the end of a migration (replicas learn it
+    /// from their primaries).
+    pub fn give_slot(&self, slot: u16, to: &NodeInfo) {
+        let s = slot.to_string();
+        // The new owner first, so no node ever points at a node that refuses the slot.
+        let mut ports = vec![to.port];
+        ports.extend(
+            self.primaries()
+                .into_iter()
+                .map(|n| n.port)
+                .filter(|&p| p != to.port),
+        );
+        for port in ports {
+            let out = cli(port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]).unwrap_or_default();
+            assert!(out.starts_with("OK"), "SETSLOT on {port}: {out}");
+        }
     }
 
     /// Kills the node listening on `port` (SIGKILL: no goodbye to the cluster).

@@ -135,6 +135,46 @@ impl Cluster {
     pub fn slot_map(&self) -> Arc<SlotMap> {
         self.inner.map()
     }
+
+    /// The primary serving `slot` now, as far as the map knows.
+    pub fn owner(&self, slot: u16) -> Option<NodeAddr> {
+        self.inner.map().owner(slot).cloned()
+    }
+
+    /// A primary for a connection that needs no particular slot, in turn.
+    pub fn any_primary(&self) -> Option<NodeAddr> {
+        self.inner.any_primary(&self.inner.map())
+    }
+
+    /// The upstream settings (auth, TLS, timeouts) for a connection of its own to `addr`,
+    /// for a client whose connection state must live on one node.
+    pub fn node_config(&self, addr: &NodeAddr) -> UpstreamConfig {
+        node_config(&self.inner.upstream, addr)
+    }
+
+    /// A node answered `MOVED slot to` outside the routers: the map learns it, and a refresh
+    /// of the whole map is asked for.
+    pub fn moved(&self, slot: u16, to: &NodeAddr) {
+        self.inner.metrics().redirect("moved");
+        self.inner.moved(slot, to);
+    }
+
+    /// A node answered `ASK`: nothing changes in the map, but the slot is migrating.
+    pub fn asked(&self) {
+        self.inner.metrics().redirect("ask");
+    }
+}
+
+/// The single-node upstream's settings with `addr` as the address (cluster nodes all serve
+/// database 0).
+pub(crate) fn node_config(upstream: &UpstreamConfig, addr: &NodeAddr) -> UpstreamConfig {
+    let mut cfg = upstream.clone();
+    cfg.addr = crate::config::UpstreamAddr::Tcp {
+        host: addr.host.clone(),
+        port: addr.port,
+    };
+    cfg.db = 0;
+    cfg
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -231,12 +271,7 @@ impl Inner {
     }
 
     async fn ask_topology(&self, addr: &NodeAddr) -> Result<SlotMap, String> {
-        let mut cfg = self.upstream.clone();
-        cfg.addr = crate::config::UpstreamAddr::Tcp {
-            host: addr.host.clone(),
-            port: addr.port,
-        };
-        cfg.db = 0;
+        let cfg = node_config(&self.upstream, addr);
         let tls = cfg.tls.is_some();
         let limits = Limits {
             max_bulk_len: usize::MAX >> 1,

@@ -267,34 +267,20 @@ fn verdict(reply: &[u8]) -> Verdict {
     if reply.first() != Some(&b'-') {
         return Verdict::Done;
     }
-    let line = &reply[1..reply.len().saturating_sub(2)];
-    let text = String::from_utf8_lossy(line);
-    let mut w = text.split(' ');
-    match w.next() {
-        Some("MOVED") => {
-            if let (Some(slot), Some(addr)) = (w.next(), w.next().and_then(parse_addr)) {
-                if let Ok(slot) = slot.parse() {
-                    return Verdict::Moved(slot, addr);
-                }
-            }
-            Verdict::Done
-        }
-        Some("ASK") => match w.nth(1).and_then(parse_addr) {
-            Some(a) => Verdict::Ask(a),
-            None => Verdict::Done,
-        },
-        Some("TRYAGAIN") => Verdict::Busy("tryagain"),
-        Some("CLUSTERDOWN") => Verdict::Busy("clusterdown"),
+    match route::redirect(reply) {
+        Some(route::Redirect::Moved(slot, to)) => return Verdict::Moved(slot, to),
+        Some(route::Redirect::Ask(_, to)) => return Verdict::Ask(to),
+        None => {}
+    }
+    let word = reply[1..]
+        .split(|&b| b == b' ' || b == b'\r')
+        .next()
+        .unwrap_or_default();
+    match word {
+        b"TRYAGAIN" => Verdict::Busy("tryagain"),
+        b"CLUSTERDOWN" => Verdict::Busy("clusterdown"),
         _ => Verdict::Done,
     }
-}
-
-fn parse_addr(s: &str) -> Option<NodeAddr> {
-    let (host, port) = s.rsplit_once(':')?;
-    Some(NodeAddr {
-        host: host.to_string(),
-        port: port.parse().ok()?,
-    })
 }
 
 fn error_reply(msg: &str) -> Bytes {
