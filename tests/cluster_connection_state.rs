@@ -375,6 +375,24 @@ async fn a_blocked_client_delays_nobody_and_is_unblocked_by_another_clients_push
         common::bulk_array(&[queue.as_bytes(), b"moved-job"])
     );
     routes_everywhere(&cluster, &mut blocked).await;
+    // Connections of their own, counted by node: three blocking commands on the first node,
+    // one on the node the slot moved to.
+    let text = common::metrics_text(&p).await;
+    let opened = |port: u16| {
+        common::metric_sum(
+            &text,
+            "respguard_cluster_dedicated_connections_total",
+            &[("node", &format!("127.0.0.1:{port}"))],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((opened(node.port), opened(to.port)), (3.0, 1.0), "{text}");
+    let redirects = common::metric_sum(
+        &text,
+        "respguard_cluster_redirects_total",
+        &[("kind", "moved")],
+    );
+    assert!(redirects.is_some_and(|v| v >= 1.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -559,6 +559,15 @@ impl Session {
         })
     }
 
+    /// The connection of its own was made (counted by node).
+    pub(super) fn cluster_connected(&self) {
+        if let (Some(cp), Some(c)) = (&self.cpin, self.shared.cluster()) {
+            if let Some(n) = &cp.node {
+                c.dedicated_opened(n);
+            }
+        }
+    }
+
     /// The connection of its own could not be made: every command waiting for it got the
     /// error; the client goes back to its router.
     pub(super) fn cluster_connect_failed(&mut self) {

@@ -260,7 +260,13 @@ impl Session {
         let cfg = self.shared.config();
         let res = match self.cluster_node_config() {
             None => self.link.connect(&cfg.upstream, &self.limits).await,
-            Some(Ok(node)) => self.link.connect(&node, &self.limits).await,
+            Some(Ok(node)) => {
+                let r = self.link.connect(&node, &self.limits).await;
+                if r.is_ok() {
+                    self.cluster_connected();
+                }
+                r
+            }
             Some(Err(e)) => Err(e),
         };
         if let Err(e) = res {

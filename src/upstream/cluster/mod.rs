@@ -48,6 +48,8 @@ pub trait ClusterMetrics: Send + Sync {
     fn refresh(&self, ok: bool);
     /// A batch answered by `node`, how long it took, and whether the node failed it.
     fn node_batch(&self, node: &str, latency: Duration, failed: bool);
+    /// A connection to `node` opened for one client's connection state.
+    fn dedicated(&self, _node: &str) {}
     /// The nodes in the topology now: figures of any other node are no longer recorded.
     fn forget_except(&self, _keep: &[String]) {}
 }
@@ -157,6 +159,11 @@ impl Cluster {
     pub fn moved(&self, slot: u16, to: &NodeAddr) {
         self.inner.metrics().redirect("moved");
         self.inner.moved(slot, to);
+    }
+
+    /// A connection of its own to `node` was opened for a client with connection state.
+    pub fn dedicated_opened(&self, node: &NodeAddr) {
+        self.inner.metrics().dedicated(&node.to_string());
     }
 
     /// A node answered `ASK`: nothing changes in the map, but the slot is migrating.
