@@ -7,7 +7,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{cluster_proxy, example_yaml, proxy, raw_proxy, show, Raw, RedisCluster, RedisServer};
+use common::{
+    cluster_proxy, cluster_proxy_tls, example_yaml, proxy, raw_proxy, show, Pki, Raw, RedisCluster,
+    RedisServer,
+};
 
 const PERMISSIVE: &str = "policy:\n  unknown_keys: allow\n";
 
@@ -316,4 +319,42 @@ async fn cluster_commands_answer_as_a_single_node_and_per_connection_commands_ar
         .await
         .expect("MGET");
     assert_eq!(got, vec![Some(1), Some(2), None]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_behind_rediss_seeds_routes_over_tls() {
+    let pki = Pki::new("cluster");
+    let server = pki.issue("node", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(&pki, &server);
+    let p = cluster_proxy_tls(PERMISSIVE, &cluster, &pki).await;
+    let mut c = raw_proxy(&p).await;
+    // Keys on every primary, split and merged, over the nodes' TLS ports only (the topology
+    // names them as such to a TLS client; a plain connection there would fail).
+    let mut mset = vec!["MSET"];
+    let keys: Vec<String> = (0..30).map(|i| format!("tls:{i}")).collect();
+    for k in &keys {
+        mset.push(k);
+        mset.push(k);
+    }
+    assert_resp!(call(&mut c, &mset).await, b"+OK\r\n".to_vec());
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    assert_resp!(call(&mut c, &mget).await, common::bulk_array(&want));
+    // A transaction on a connection of its own, over TLS too.
+    c.send(b"*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$6\r\n{t}tls\r\n*1\r\n$4\r\nEXEC\r\n")
+        .await;
+    assert_resp!(c.reply().await, b"+OK\r\n".to_vec());
+    assert_resp!(c.reply().await, b"+QUEUED\r\n".to_vec());
+    assert_resp!(c.reply().await, b"*1\r\n:1\r\n".to_vec());
+    // What respguard wrote is on the nodes, read over their plain ports.
+    let mut found = 0;
+    for node in cluster.primaries() {
+        for k in &keys {
+            if common::cli(node.port, &["GET", k]).is_some_and(|v| v.trim() == k) {
+                found += 1;
+            }
+        }
+    }
+    assert_eq!(found, keys.len());
 }
