@@ -269,6 +269,7 @@ async fn cluster_commands_answer_as_a_single_node_and_per_connection_commands_ar
     for (cmd, name) in [
         (&["MONITOR"][..], "MONITOR"),
         (&["CLIENT", "ID"], "CLIENT|ID"),
+        (&["CLIENT", "KILL", "ID", "1"], "CLIENT|KILL"),
         (&["CLIENT", "TRACKING", "on"], "CLIENT|TRACKING"),
     ] {
         let r = call(&mut c, cmd).await;
@@ -293,8 +294,22 @@ async fn cluster_commands_answer_as_a_single_node_and_per_connection_commands_ar
         call(&mut c, &["CLIENT", "REPLY", "ON"]).await,
         b"+OK\r\n".to_vec()
     );
-    // RESET leaves a clean client on the router.
-    assert_resp!(call(&mut c, &["RESET"]).await, b"+RESET\r\n".to_vec());
+    // The client's name is kept by respguard and answered as Redis answers.
+    for cmd in [
+        &["CLIENT", "GETNAME"][..],
+        &["CLIENT", "SETNAME", "app 1"],
+        &["CLIENT", "SETNAME", "app-1"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME"],
+        &["CLIENT", "GETNAME", "x"],
+        &["CLIENT", "SETNAME", ""],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "app-2"],
+        &["RESET"],
+        &["CLIENT", "GETNAME"],
+    ] {
+        assert_resp!(call(&mut c, cmd).await, call(&mut d, cmd).await, "{cmd:?}");
+    }
     // The connection goes on.
     assert_resp!(call(&mut c, &["PING"]).await, b"+PONG\r\n".to_vec());
     // A real client library works against the proxy in single-node mode.

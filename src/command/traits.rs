@@ -145,6 +145,9 @@ pub enum ClusterTip {
     NotCluster,
     /// `SELECT`: database 0 only, as in Redis Cluster.
     SelectZeroOnly,
+    /// `CLIENT SETNAME` (`set`) and `CLIENT GETNAME`: with a cluster upstream the client has
+    /// no connection of its own to name, so respguard keeps the name.
+    ClientName { set: bool },
     /// `SPUBLISH`, `SSUBSCRIBE`, `SUNSUBSCRIBE`: the shard channels (key specs flagged
     /// `not_key`) have a slot like keys, and Redis Cluster routes them by it.
     ShardChannels,
@@ -375,6 +378,8 @@ fn cluster_tip_of(spec: &CommandSpec) -> ClusterTip {
         "SCAN" => Scan,
         "SELECT" => SelectZeroOnly,
         "SPUBLISH" | "SSUBSCRIBE" | "SUNSUBSCRIBE" => ShardChannels,
+        "CLIENT|SETNAME" => ClientName { set: true },
+        "CLIENT|GETNAME" => ClientName { set: false },
         n if n == "CLUSTER" || n.starts_with("CLUSTER|") => NotCluster,
         _ => Default,
     }

@@ -100,6 +100,8 @@ enum Need {
     Router,
     /// Refused with this reply.
     Refuse(Bytes),
+    /// `CLIENT SETNAME` (`true`) or `CLIENT GETNAME`, answered by respguard.
+    Name(bool),
 }
 
 fn error(msg: &str) -> Bytes {
@@ -129,6 +131,9 @@ fn need(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, traits: &Traits) ->
             Route::AllShards(_) | Route::Scan => Need::Pin(None),
         }
     };
+    if let route::Tip::ClientName { set } = traits.cluster {
+        return Need::Name(set);
+    }
     match traits.special {
         Special::Multi
         | Special::Exec
@@ -162,6 +167,10 @@ impl Session {
         let slot = match need(argv, spec, traits) {
             Need::Router => return None,
             Need::Refuse(reply) => return Some(self.cluster_refuse(argv, spec, cmd, reply)),
+            Need::Name(set) => {
+                let reply = self.cluster_client_name(argv, spec, set);
+                return Some(self.cluster_refuse(argv, spec, cmd, reply));
+            }
             Need::Pin(slot) => slot,
         };
         let node = match (self.shared.cluster(), slot) {
@@ -187,6 +196,38 @@ impl Session {
         if let Some(cp) = self.cpin.as_mut() {
             cp.parked = h;
         }
+    }
+
+    /// `CLIENT SETNAME name` / `CLIENT GETNAME`, answered as Redis answers them, with the
+    /// name kept here (a node's `CLIENT LIST` does not show it).
+    fn cluster_client_name(
+        &mut self,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        set: bool,
+    ) -> Bytes {
+        if let Some(s) = spec.filter(|s| !s.check_arity(argv.len())) {
+            return error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                s.name.to_ascii_lowercase()
+            ));
+        }
+        if !set {
+            let mut b = BytesMut::new();
+            match &self.cluster_name {
+                Some(n) => codec::encode_args(&mut b, std::iter::once(&n[..])),
+                None => b.extend_from_slice(b"$-1\r\n"),
+            }
+            return b.freeze();
+        }
+        let name = argv.get(2).unwrap_or_default();
+        if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+            return error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            );
+        }
+        self.cluster_name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+        Bytes::from_static(b"+OK\r\n")
     }
 
     /// The policy's verdict first, as on one node; then the cluster's refusal.
@@ -249,9 +290,17 @@ impl Session {
             return Some(false);
         }
         if !traits.shareable {
-            if let Need::Refuse(reply) = need(argv, spec, traits) {
-                return Some(self.cluster_refuse(argv, spec, cmd, reply));
+            match need(argv, spec, traits) {
+                Need::Refuse(reply) => return Some(self.cluster_refuse(argv, spec, cmd, reply)),
+                Need::Name(set) => {
+                    let reply = self.cluster_client_name(argv, spec, set);
+                    return Some(self.cluster_refuse(argv, spec, cmd, reply));
+                }
+                Need::Pin(_) | Need::Router => {}
             }
+        }
+        if traits.special == Special::Reset {
+            self.cluster_name = None;
         }
         let in_multi = self.multi.is_some();
         let cp = self.cpin.as_mut()?;

@@ -247,6 +247,8 @@ struct Session {
     unsent: usize,
     /// A cluster client on a connection of its own to one node (see [`cluster`]).
     cpin: Option<cluster::ClusterPin>,
+    /// A cluster client's `CLIENT SETNAME`, kept by the proxy (it has no connection to name).
+    cluster_name: Option<Bytes>,
     /// The client's identity (`policy.clients`).
     auth: ClientAuth,
     /// A failed login's answer, held until its delay is over; no command is read meanwhile.
@@ -307,6 +309,7 @@ impl Session {
             link,
             unsent: 0,
             cpin: None,
+            cluster_name: None,
             auth: ClientAuth::default(),
             auth_hold: None,
             shared,

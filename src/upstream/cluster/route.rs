@@ -154,7 +154,7 @@ pub fn route(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, keys: &mut Vec
                 None => Route::One(None),
             };
         }
-        Tip::Default | Tip::MultiShard(_) => {}
+        Tip::Default | Tip::MultiShard(_) | Tip::ClientName { .. } => {}
     }
     if !spec.has_keys() || spec.keys(argv, keys).is_err() {
         // Wrong arity and the like: any node answers with Redis's own error.
