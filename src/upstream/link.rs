@@ -181,10 +181,24 @@ impl Link {
         }
     }
 
-    /// Back from a dedicated connection (closed here) to the task-backed upstream behind
-    /// `h`: for a cluster client whose connection state is clean again.
-    pub fn share(&mut self, h: Handle) {
-        *self = Link::Shared(h);
+    /// Back from a dedicated connection to the task-backed upstream behind `h`: for a
+    /// cluster client whose connection state is clean again. Returns the dedicated
+    /// connection, which the caller may keep for later or drop (closing it).
+    pub fn share(&mut self, h: Handle) -> Option<Dedicated> {
+        match std::mem::replace(self, Link::Shared(h)) {
+            Link::Dedicated(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Continues on `d`, a dedicated connection kept from before, when the link is down
+    /// and was never connected; hands `d` back otherwise.
+    pub fn adopt(&mut self, d: Dedicated) -> Result<(), Dedicated> {
+        if !matches!(self, Link::Down { retry: true }) {
+            return Err(d);
+        }
+        *self = Link::Dedicated(d);
+        Ok(())
     }
 
     /// Closes the dedicated connection, if any; the next batch connects a new one (to
@@ -272,7 +286,7 @@ mod tests {
         assert!(!link.wants_write(true));
         // A cluster client goes back to its handle once its connection state is clean.
         if let Some(h) = h {
-            link.share(h);
+            assert!(link.share(h).is_none());
         }
         assert!(link.is_shared() && !link.is_pinning());
         link.reopen();

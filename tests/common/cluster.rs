@@ -180,23 +180,29 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no key of prefix {prefix} on {}", node.port))
     }
 
-    /// Gives `slot` (which must hold no key) to the primary `to`, on every primary at once,
-    /// as `CLUSTER SETSLOT slot NODE id` does at the end of a migration (replicas learn it
-    /// from their primaries).
+    /// Gives `slot` (which must hold no key) to the primary `to` the way a migration ends
+    /// (`IMPORTING` on `to`, `MIGRATING` on the owner, then `SETSLOT slot NODE to` on `to`
+    /// first, which bumps its epoch so the move wins, then on every other primary), and waits
+    /// until every node agrees.
     pub fn give_slot(&self, slot: u16, to: &NodeInfo) {
         let s = slot.to_string();
-        // The new owner first, so no node ever points at a node that refuses the slot.
-        let mut ports = vec![to.port];
-        ports.extend(
-            self.primaries()
-                .into_iter()
-                .map(|n| n.port)
-                .filter(|&p| p != to.port),
-        );
-        for port in ports {
-            let out = cli(port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]).unwrap_or_default();
-            assert!(out.starts_with("OK"), "SETSLOT on {port}: {out}");
+        let from = self.owner(slot);
+        let setslot = |port: u16, args: &[&str]| {
+            let mut all = vec!["CLUSTER", "SETSLOT", &s];
+            all.extend_from_slice(args);
+            let out = cli(port, &all).unwrap_or_default();
+            assert!(out.starts_with("OK"), "{all:?} on {port}: {out}");
+        };
+        setslot(to.port, &["IMPORTING", &from.id]);
+        setslot(from.port, &["MIGRATING", &to.id]);
+        setslot(to.port, &["NODE", &to.id]);
+        setslot(from.port, &["NODE", &to.id]);
+        for n in self.primaries() {
+            if n.port != to.port && n.port != from.port {
+                setslot(n.port, &["NODE", &to.id]);
+            }
         }
+        self.wait_ok(Duration::from_secs(20));
     }
 
     /// Kills the node listening on `port` (SIGKILL: no goodbye to the cluster).

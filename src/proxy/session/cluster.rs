@@ -20,6 +20,10 @@
 //!   otherwise the reply becomes an error saying the slot moved and what did not run, and the
 //!   slot map learns the move.
 //!
+//! - The last connection of its own is kept when the client goes back to its router, clean,
+//!   and used again for the next command that needs one on the same node (a worker looping
+//!   on `BRPOP` does not open and close a connection per command).
+//!
 //! Nothing here runs for a client on the router (the hot path), nor with one Redis.
 
 use std::io;
@@ -34,7 +38,7 @@ use crate::metrics::Outcome;
 use crate::policy::{Verdict, NS_NONE};
 use crate::upstream::cluster::route::{self, Redirect, Route};
 use crate::upstream::cluster::NodeAddr;
-use crate::upstream::{Handle, UpstreamError};
+use crate::upstream::{Dedicated, Handle, UpstreamError};
 
 /// A queued command's slot moved: the node flagged the transaction.
 const QUEUED_MOVED: &str = "TRYAGAIN The key's hash slot moved to another cluster node while \
@@ -90,6 +94,13 @@ struct Follow {
     entry: Pending,
     to: NodeAddr,
     asking: bool,
+}
+
+/// Whether a kept connection has nothing to read: neither data nor the end of the stream
+/// (a node that closed it, a timeout).
+fn quiet(d: &mut Dedicated) -> bool {
+    let mut probe = BytesMut::with_capacity(64);
+    matches!(d.rd.read_now(&mut probe), Ok(None))
 }
 
 /// What a cluster client's command that cannot go through its router needs.
@@ -577,7 +588,8 @@ impl Session {
             && self.uout.is_empty()
     }
 
-    /// Back to the router; the connection of its own is closed.
+    /// Back to the router; the connection of its own is kept for the next time (its state
+    /// is clean).
     fn cluster_unpin(&mut self) {
         let Some(cp) = self.cpin.take() else {
             return;
@@ -587,25 +599,36 @@ impl Session {
             (None, Some(c)) => Handle::new(c.client()),
             (None, None) => return,
         };
-        self.link.share(h);
+        self.cluster_spare = match (self.link.share(h), cp.node) {
+            (Some(d), Some(node)) => Some((node, d)),
+            _ => None,
+        };
         self.scanner.reset();
     }
 
     /// The settings for the connection of its own, when the client is a cluster client that
-    /// needs one: its node's, or any primary's.
-    pub(super) fn cluster_node_config(&mut self) -> Option<Result<UpstreamConfig, UpstreamError>> {
+    /// needs one: its node's, or any primary's. `Ok(None)` when the connection kept from
+    /// before (to the same node, and still quiet) is used again.
+    pub(super) fn cluster_node_config(
+        &mut self,
+    ) -> Option<Result<Option<UpstreamConfig>, UpstreamError>> {
         let cp = self.cpin.as_mut()?;
         let cluster = self.shared.cluster()?;
         if cp.node.is_none() {
             cp.node = cluster.any_primary();
         }
-        Some(match &cp.node {
-            Some(n) => Ok(cluster.node_config(n)),
-            None => Err(UpstreamError::Connect {
+        let Some(node) = &cp.node else {
+            return Some(Err(UpstreamError::Connect {
                 addr: "cluster".into(),
                 source: io::Error::other("no cluster node known yet (the topology was not read)"),
-            }),
-        })
+            }));
+        };
+        if let Some((at, mut d)) = self.cluster_spare.take() {
+            if at == *node && quiet(&mut d) && self.link.adopt(d).is_ok() {
+                return Some(Ok(None));
+            }
+        }
+        Some(Ok(Some(cluster.node_config(node))))
     }
 
     /// The connection of its own was made (counted by node).

@@ -260,7 +260,9 @@ impl Session {
         let cfg = self.shared.config();
         let res = match self.cluster_node_config() {
             None => self.link.connect(&cfg.upstream, &self.limits).await,
-            Some(Ok(node)) => {
+            // The connection kept from before, to the same node.
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(node))) => {
                 let r = self.link.connect(&node, &self.limits).await;
                 if r.is_ok() {
                     self.cluster_connected();

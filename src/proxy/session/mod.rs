@@ -249,6 +249,12 @@ struct Session {
     cpin: Option<cluster::ClusterPin>,
     /// A cluster client's `CLIENT SETNAME`, kept by the proxy (it has no connection to name).
     cluster_name: Option<Bytes>,
+    /// A cluster client's last connection of its own, clean, and its node: used again when
+    /// the next command that needs one goes to the same node.
+    cluster_spare: Option<(
+        crate::upstream::cluster::NodeAddr,
+        crate::upstream::Dedicated,
+    )>,
     /// The client's identity (`policy.clients`).
     auth: ClientAuth,
     /// A failed login's answer, held until its delay is over; no command is read meanwhile.
@@ -310,6 +316,7 @@ impl Session {
             unsent: 0,
             cpin: None,
             cluster_name: None,
+            cluster_spare: None,
             auth: ClientAuth::default(),
             auth_hold: None,
             shared,
