@@ -129,6 +129,20 @@ async fn a_transaction_on_one_slot_answers_as_its_node_and_keys_of_another_slot_
     for (g, w) in got.iter().zip(&want) {
         assert_resp!(g, w, "pipelined");
     }
+    // Commands pipelined behind EXEC wait for it, then route by slot again.
+    let keys: Vec<String> = primaries
+        .iter()
+        .enumerate()
+        .map(|(i, n)| cluster.key_on(n, &format!("after{i}:")))
+        .collect();
+    let mut cmds: Vec<Vec<&str>> = vec![vec!["MULTI"], vec!["SET", "{piped}x", "1"], vec!["EXEC"]];
+    cmds.extend(keys.iter().map(|k| vec!["SET", k.as_str(), "after"]));
+    let refs: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+    let got = pipeline(&mut c, &refs).await;
+    assert_resp!(got[2], b"*1\r\n+OK\r\n".to_vec());
+    for (g, k) in got[3..].iter().zip(&keys) {
+        assert_resp!(g, b"+OK\r\n".to_vec(), "SET {k} after EXEC");
+    }
 
     // A command of another slot queued: what a node answers to a queued CROSSSLOT command,
     // byte for byte, and EXEC aborts.
@@ -244,6 +258,39 @@ async fn watch_sees_another_clients_write_and_a_keyless_start_moves_to_the_first
     let got = pipeline(&mut c, &[&["MULTI"], &["PING"], &["EXEC"]]).await;
     assert_resp!(got[2], b"*1\r\n+PONG\r\n".to_vec());
     routes_everywhere(&cluster, &mut c).await;
+    // RESET ends a transaction, a WATCH and subscriptions alike: the client is clean and back
+    // on its router.
+    for state in [
+        &[
+            &["WATCH", "{w}k"][..],
+            &["MULTI"],
+            &["SET", "{w}k", "reset"],
+        ][..],
+        &[&["SUBSCRIBE", "a", "b"]],
+        &[&["SSUBSCRIBE", "{w}chan"]],
+    ] {
+        let mut cmds = state.to_vec();
+        cmds.push(&["RESET"]);
+        c.send(&common::encode_many(
+            &cmds
+                .iter()
+                .map(|c| c.iter().map(|a| a.as_bytes()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice)
+                .collect::<Vec<_>>(),
+        ))
+        .await;
+        let mut last = Vec::new();
+        while last != b"+RESET\r\n" {
+            last = c.reply().await;
+        }
+        routes_everywhere(&cluster, &mut c).await;
+    }
+    assert_resp!(
+        call(&mut c, &["GET", "{w}k"]).await,
+        b"$4\r\nmine\r\n".to_vec()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

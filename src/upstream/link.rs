@@ -3,7 +3,9 @@
 //! A session starts on a shared connection when the pool has one (its commands are
 //! stateless so far), otherwise on a dedicated connection. The first command that needs
 //! connection state pins it: the link waits for the shared replies still owed
-//! ([`Link::Pinning`]), then continues on a dedicated connection for good. A dedicated
+//! ([`Link::Pinning`]), then continues on a dedicated connection, for good with one Redis. (A
+//! cluster client comes back to its router once its connection state is clean:
+//! [`Link::share`].) A dedicated
 //! connection that could not be made yet is retried with the next batch; one that was lost
 //! is not (the client's connection state went with it, so the session closes).
 //!

@@ -8,7 +8,10 @@
 //!
 //! The contract towards the session is the one of the single-node shared connections: a
 //! batch of one client's commands goes in as a [`crate::upstream::Job`], the replies come
-//! back in the client's order. `MOVED` and `ASK` never reach the client.
+//! back in the client's order. `MOVED` and `ASK` never reach the client. A client whose
+//! commands need connection state (a transaction, a blocking command, subscriptions) is given
+//! what it needs to connect to one node itself ([`Cluster::owner`], [`Cluster::any_primary`],
+//! [`Cluster::node_config`]) and reports the redirections it meets there ([`Cluster::moved`]).
 //!
 //! The topology is refreshed by one task: every `refresh_interval`, and early when a
 //! `MOVED` or an unreachable node says the map is stale, at most once a second
