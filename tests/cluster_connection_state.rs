@@ -519,3 +519,40 @@ async fn subscribers_get_messages_published_on_any_node_and_shard_messages_of_th
     call(&mut sub, &["SUNSUBSCRIBE"]).await;
     routes_everywhere(&cluster, &mut sub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_transaction_start_too_large_to_move_is_refused_at_its_first_key() {
+    let cluster = RedisCluster::start();
+    let yaml = format!("{PERMISSIVE}limits:\n  max_buffered_bytes: 64kb\n");
+    let p = cluster_proxy(&yaml, &cluster).await;
+    let mut c = raw_proxy(&p).await;
+    let big = "x".repeat(1000);
+    let mut refused = false;
+    // The transaction starts on some primary: a key of one of the others cannot follow.
+    for (i, node) in cluster.primaries().iter().enumerate() {
+        let key = cluster.key_on(node, &format!("big{i}:"));
+        assert_resp!(call(&mut c, &["MULTI"]).await, b"+OK\r\n".to_vec());
+        for _ in 0..8 {
+            let echoes = vec![["ECHO", big.as_str()]; 10];
+            let refs: Vec<&[&str]> = echoes.iter().map(|e| &e[..]).collect();
+            for r in pipeline(&mut c, &refs).await {
+                assert_resp!(r, b"+QUEUED\r\n".to_vec());
+            }
+        }
+        let got = call(&mut c, &["SET", &key, "v"]).await;
+        if got == b"+QUEUED\r\n" {
+            assert_resp!(call(&mut c, &["DISCARD"]).await, b"+OK\r\n".to_vec());
+            continue;
+        }
+        let text = show(&got);
+        assert!(
+            text.starts_with("-ERR ") && text.contains("queue a keyed command first"),
+            "{text}"
+        );
+        assert_resp!(call(&mut c, &["EXEC"]).await, EXECABORT.to_vec());
+        refused = true;
+        break;
+    }
+    assert!(refused, "every key was on the transaction's node");
+    routes_everywhere(&cluster, &mut c).await;
+}

@@ -53,6 +53,10 @@ const MOVED: &str = "TRYAGAIN The key's hash slot moved to another cluster node:
 const OTHER_NODE: &str = "ERR this connection is subscribed on another cluster node than the \
     one serving this shard channel's slot: unsubscribe from everything first, or use another \
     connection (respguard)";
+/// A transaction begun with more keyless commands than respguard keeps to move it.
+const TOO_LARGE_TO_MOVE: &str = "ERR the keyless commands queued before this transaction's \
+    first key are more than max_buffered_bytes, too many to move the transaction to the key's \
+    cluster node: queue a keyed command first (respguard)";
 /// `HELLO 3`: the routers merge RESP2 replies, and a client must keep one protocol.
 const NOPROTO: &str =
     "NOPROTO unsupported protocol version (respguard speaks RESP2 to a Redis Cluster upstream)";
@@ -394,8 +398,13 @@ impl Session {
                 Some(false)
             }
             None => {
-                // Subscribed on another node: the state cannot move.
-                self.cluster_answer(error(OTHER_NODE), cmd);
+                // Subscribed on another node, or too much to move: the state cannot move.
+                let msg = if in_multi {
+                    TOO_LARGE_TO_MOVE
+                } else {
+                    OTHER_NODE
+                };
+                self.cluster_answer(error(msg), cmd);
                 Some(true)
             }
         }
@@ -426,11 +435,18 @@ impl Session {
     /// See [`Session::cluster_recording`].
     pub(super) fn cluster_record(&mut self, mark: usize, before: usize) {
         let sent = self.unsent.saturating_sub(before);
-        if let Some((buf, n)) = self.cpin.as_mut().and_then(|c| c.replay.as_mut()) {
-            if let Some(b) = self.uout.get(mark..) {
-                buf.extend_from_slice(b);
-                *n += sent;
+        let max = self.max_buffered;
+        let Some(cp) = self.cpin.as_mut() else {
+            return;
+        };
+        if let (Some((buf, n)), Some(b)) = (cp.replay.as_mut(), self.uout.get(mark..)) {
+            if buf.len() + b.len() > max {
+                // Kept no further: the transaction stays where it began.
+                cp.replay = None;
+                return;
             }
+            buf.extend_from_slice(b);
+            *n += sent;
         }
     }
 
