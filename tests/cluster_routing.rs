@@ -373,3 +373,22 @@ async fn a_cluster_behind_rediss_seeds_routes_over_tls() {
     }
     assert_eq!(found, keys.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_refuses_before_respguard_answers_for_the_cluster() {
+    let cluster = RedisCluster::start();
+    let single = RedisServer::start();
+    let yaml = "policy:\n  unknown_keys: allow\n  denied_commands: [\"CLIENT|SETNAME\", MONITOR]\n";
+    let through_cluster = cluster_proxy(yaml, &cluster).await;
+    let through_single = proxy(yaml, &single.url()).await;
+    let mut c = raw_proxy(&through_cluster).await;
+    let mut s = raw_proxy(&through_single).await;
+    // The policy's refusal, as on one Redis; the name the refused command carried is not set.
+    for cmd in [
+        &["CLIENT", "SETNAME", "app"][..],
+        &["CLIENT", "GETNAME"],
+        &["MONITOR"],
+    ] {
+        assert_resp!(call(&mut c, cmd).await, call(&mut s, cmd).await, "{cmd:?}");
+    }
+}

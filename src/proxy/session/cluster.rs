@@ -181,10 +181,13 @@ impl Session {
     ) -> Option<bool> {
         let slot = match need(argv, spec, traits) {
             Need::Router => return None,
-            Need::Refuse(reply) => return Some(self.cluster_refuse(argv, spec, cmd, reply)),
+            Need::Refuse(reply) => {
+                return Some(self.cluster_after_policy(argv, spec, cmd, |_| reply))
+            }
             Need::Name(set) => {
-                let reply = self.cluster_client_name(argv, spec, set);
-                return Some(self.cluster_refuse(argv, spec, cmd, reply));
+                return Some(self.cluster_after_policy(argv, spec, cmd, |s| {
+                    s.cluster_client_name(argv, spec, set)
+                }))
             }
             Need::Pin(slot) => slot,
         };
@@ -245,13 +248,14 @@ impl Session {
         Bytes::from_static(b"+OK\r\n")
     }
 
-    /// The policy's verdict first, as on one node; then the cluster's refusal.
-    fn cluster_refuse(
+    /// The policy's verdict first, as on one node; then respguard's own answer (a refusal,
+    /// or `CLIENT SETNAME`'s effect and answer), made only if the policy let it through.
+    fn cluster_after_policy(
         &mut self,
         argv: &Argv<'_>,
         spec: Option<&'static CommandSpec>,
         cmd: Option<usize>,
-        reply: Bytes,
+        reply: impl FnOnce(&mut Session) -> Bytes,
     ) -> bool {
         self.quiet = self.take_quiet();
         let verdict = match &self.policy {
@@ -264,13 +268,14 @@ impl Session {
                 return true;
             }
             Verdict::Respond(bytes) => {
-                self.push_local(bytes, Outcome::Ok, cmd);
+                self.cluster_local(bytes, cmd);
                 return true;
             }
             _ => {}
         }
         self.scratch.namespace = NS_NONE;
         self.scratch.clear();
+        let reply = reply(self);
         self.cluster_local(reply, cmd);
         true
     }
@@ -306,10 +311,13 @@ impl Session {
         }
         if !traits.shareable {
             match need(argv, spec, traits) {
-                Need::Refuse(reply) => return Some(self.cluster_refuse(argv, spec, cmd, reply)),
+                Need::Refuse(reply) => {
+                    return Some(self.cluster_after_policy(argv, spec, cmd, |_| reply))
+                }
                 Need::Name(set) => {
-                    let reply = self.cluster_client_name(argv, spec, set);
-                    return Some(self.cluster_refuse(argv, spec, cmd, reply));
+                    return Some(self.cluster_after_policy(argv, spec, cmd, |s| {
+                        s.cluster_client_name(argv, spec, set)
+                    }))
                 }
                 Need::Pin(_) | Need::Router => {}
             }
