@@ -422,9 +422,19 @@ async fn a_blocked_client_delays_nobody_and_is_unblocked_by_another_clients_push
         common::bulk_array(&[queue.as_bytes(), b"moved-job"])
     );
     routes_everywhere(&cluster, &mut blocked).await;
+    // A worker's loop: each job pushed, then popped by a blocking command.
+    for i in 0..20 {
+        let job = format!("job{i}");
+        call(&mut pusher, &["LPUSH", &queue, &job]).await;
+        assert_resp!(
+            call(&mut blocked, &["BRPOP", &queue, "0"]).await,
+            common::bulk_array(&[queue.as_bytes(), job.as_bytes()])
+        );
+        assert_resp!(call(&mut blocked, &["PING"]).await, b"+PONG\r\n".to_vec());
+    }
     // Connections of their own, counted by node: the three blocking commands on the first
-    // node shared one (kept while the client was back on its router), and one was opened to
-    // the node the slot moved to.
+    // node shared one (kept while the client was back on its router), and the 21 on the node
+    // the slot moved to another.
     let text = common::metrics_text(&p).await;
     let opened = |port: u16| {
         common::metric_sum(
