@@ -195,10 +195,10 @@ impl Session {
             (Some(c), Some(s)) => c.owner(s),
             _ => None,
         };
-        self.cpin = Some(ClusterPin {
+        self.cpin = Some(Box::new(ClusterPin {
             node,
             ..ClusterPin::default()
-        });
+        }));
         if !self.pending.is_empty() || !self.uout.is_empty() {
             // What was sent through the router is answered first.
             self.link.pin();
@@ -618,13 +618,14 @@ impl Session {
         let Some(cp) = self.cpin.take() else {
             return;
         };
+        let cp = *cp;
         let h = match (cp.parked, self.shared.cluster()) {
             (Some(h), _) => h,
             (None, Some(c)) => Handle::new(c.client()),
             (None, None) => return,
         };
         self.cluster_spare = match (self.link.share(h), cp.node) {
-            (Some(d), Some(node)) => Some((node, d)),
+            (Some(d), Some(node)) => Some(Box::new((node, d))),
             _ => None,
         };
         self.scanner.reset();
@@ -647,7 +648,8 @@ impl Session {
                 source: io::Error::other("no cluster node known yet (the topology was not read)"),
             }));
         };
-        if let Some((at, mut d)) = self.cluster_spare.take() {
+        if let Some(spare) = self.cluster_spare.take() {
+            let (at, mut d) = *spare;
             if at == *node && quiet(&mut d) && self.link.adopt(d).is_ok() {
                 return Some(Ok(None));
             }

@@ -246,15 +246,18 @@ struct Session {
     /// Replies expected for what is in `uout` (the size of the next shared job).
     unsent: usize,
     /// A cluster client on a connection of its own to one node (see [`cluster`]).
-    cpin: Option<cluster::ClusterPin>,
+    /// Boxed, like the spare connection below: most sessions never need them.
+    cpin: Option<Box<cluster::ClusterPin>>,
     /// A cluster client's `CLIENT SETNAME`, kept by the proxy (it has no connection to name).
     cluster_name: Option<Bytes>,
     /// A cluster client's last connection of its own, clean, and its node: used again when
     /// the next command that needs one goes to the same node.
-    cluster_spare: Option<(
-        crate::upstream::cluster::NodeAddr,
-        crate::upstream::Dedicated,
-    )>,
+    cluster_spare: Option<
+        Box<(
+            crate::upstream::cluster::NodeAddr,
+            crate::upstream::Dedicated,
+        )>,
+    >,
     /// The client's identity (`policy.clients`).
     auth: ClientAuth,
     /// A failed login's answer, held until its delay is over; no command is read meanwhile.
