@@ -66,6 +66,17 @@ fn blocked_clients(port: u16) -> usize {
         .unwrap_or(0)
 }
 
+/// The primary where a client is in MULTI (`flags=x` in `CLIENT LIST`).
+fn transaction_node(primaries: &[NodeInfo]) -> &NodeInfo {
+    primaries
+        .iter()
+        .find(|n| {
+            cli(n.port, &["CLIENT", "LIST"])
+                .is_some_and(|t| t.lines().any(|l| l.contains(" flags=x ")))
+        })
+        .expect("a primary holds the transaction")
+}
+
 async fn wait_blocked(port: u16) {
     let ok = common::eventually(Duration::from_secs(20), || async move {
         blocked_clients(port) >= 1
@@ -234,12 +245,18 @@ async fn watch_sees_another_clients_write_and_a_keyless_start_moves_to_the_first
     routes_everywhere(&cluster, &mut c).await;
 
     // A transaction whose first commands have no key starts on any primary and moves to the
-    // node of its first key: for a key of each primary, one at least is elsewhere.
-    for (i, node) in cluster.primaries().iter().enumerate() {
-        let key = cluster.key_on(node, &format!("late{i}:"));
+    // node of its first key, here always another one.
+    for i in 0..3 {
         assert_resp!(call(&mut c, &["MULTI"]).await, b"+OK\r\n".to_vec());
         assert_resp!(call(&mut c, &["PING"]).await, b"+QUEUED\r\n".to_vec());
         assert_resp!(call(&mut c, &["ECHO", "e"]).await, b"+QUEUED\r\n".to_vec());
+        let primaries = cluster.primaries();
+        let here = transaction_node(&primaries);
+        let node = primaries
+            .iter()
+            .find(|n| n.port != here.port)
+            .expect("another primary");
+        let key = cluster.key_on(node, &format!("late{i}:"));
         assert_resp!(
             call(&mut c, &["SET", &key, "v"]).await,
             b"+QUEUED\r\n".to_vec()
@@ -537,32 +554,36 @@ async fn a_keyless_transaction_start_too_large_to_move_is_refused_at_its_first_k
     let p = cluster_proxy(&yaml, &cluster).await;
     let mut c = raw_proxy(&p).await;
     let big = "x".repeat(1000);
-    let mut refused = false;
-    // The transaction starts on some primary: a key of one of the others cannot follow.
-    for (i, node) in cluster.primaries().iter().enumerate() {
-        let key = cluster.key_on(node, &format!("big{i}:"));
-        assert_resp!(call(&mut c, &["MULTI"]).await, b"+OK\r\n".to_vec());
-        for _ in 0..8 {
-            let echoes = vec![["ECHO", big.as_str()]; 10];
-            let refs: Vec<&[&str]> = echoes.iter().map(|e| &e[..]).collect();
-            for r in pipeline(&mut c, &refs).await {
-                assert_resp!(r, b"+QUEUED\r\n".to_vec());
-            }
+    assert_resp!(call(&mut c, &["MULTI"]).await, b"+OK\r\n".to_vec());
+    for _ in 0..8 {
+        let echoes = vec![["ECHO", big.as_str()]; 10];
+        let refs: Vec<&[&str]> = echoes.iter().map(|e| &e[..]).collect();
+        for r in pipeline(&mut c, &refs).await {
+            assert_resp!(r, b"+QUEUED\r\n".to_vec());
         }
-        let got = call(&mut c, &["SET", &key, "v"]).await;
-        if got == b"+QUEUED\r\n" {
-            assert_resp!(call(&mut c, &["DISCARD"]).await, b"+OK\r\n".to_vec());
-            continue;
-        }
-        let text = show(&got);
-        assert!(
-            text.starts_with("-ERR ") && text.contains("queue a keyed command first"),
-            "{text}"
-        );
-        assert_resp!(call(&mut c, &["EXEC"]).await, EXECABORT.to_vec());
-        refused = true;
-        break;
     }
-    assert!(refused, "every key was on the transaction's node");
+    // The transaction started on some primary (its connection is the one in MULTI there): a
+    // key of another primary cannot follow.
+    let primaries = cluster.primaries();
+    let in_multi = |n: &&NodeInfo| {
+        cli(n.port, &["CLIENT", "LIST"]).is_some_and(|t| t.lines().any(|l| l.contains(" flags=x ")))
+    };
+    let here = primaries
+        .iter()
+        .find(in_multi)
+        .expect("a primary holds the transaction");
+    let elsewhere = primaries
+        .iter()
+        .find(|n| n.port != here.port)
+        .expect("another primary");
+    let key = cluster.key_on(elsewhere, "big:");
+    let got = call(&mut c, &["SET", &key, "v"]).await;
+    let text = show(&got);
+    assert!(
+        text.starts_with("-ERR ") && text.contains("queue a keyed command first"),
+        "{text}"
+    );
+    assert_resp!(call(&mut c, &["EXEC"]).await, EXECABORT.to_vec());
+    assert_resp!(call(&mut c, &["EXISTS", &key]).await, b":0\r\n".to_vec());
     routes_everywhere(&cluster, &mut c).await;
 }
