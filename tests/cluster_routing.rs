@@ -7,7 +7,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{cluster_proxy, example_yaml, proxy, raw_proxy, show, Raw, RedisCluster, RedisServer};
+use common::{
+    cluster_proxy, cluster_proxy_tls, example_yaml, proxy, raw_proxy, show, Pki, Raw, RedisCluster,
+    RedisServer,
+};
 
 const PERMISSIVE: &str = "policy:\n  unknown_keys: allow\n";
 
@@ -244,7 +247,8 @@ async fn scan_walks_every_primary_and_dbsize_sums_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_commands_answer_as_a_single_node_and_stateful_commands_are_refused_clearly() {
+async fn cluster_commands_answer_as_a_single_node_and_per_connection_commands_are_refused_clearly()
+{
     let cluster = RedisCluster::start();
     let single = RedisServer::start();
     let p = cluster_proxy(PERMISSIVE, &cluster).await;
@@ -261,14 +265,50 @@ async fn cluster_commands_answer_as_a_single_node_and_stateful_commands_are_refu
         call(&mut c, &["SELECT", "1"]).await,
         b"-ERR SELECT is not allowed in cluster mode\r\n".to_vec()
     );
-    for cmd in [&["MULTI"][..], &["BLPOP", "q", "1"], &["SUBSCRIBE", "ch"]] {
+    // What would apply to one node's connection only is refused, saying why.
+    for (cmd, name) in [
+        (&["MONITOR"][..], "MONITOR"),
+        (&["CLIENT", "ID"], "CLIENT|ID"),
+        (&["CLIENT", "KILL", "ID", "1"], "CLIENT|KILL"),
+        (&["CLIENT", "TRACKING", "on"], "CLIENT|TRACKING"),
+    ] {
         let r = call(&mut c, cmd).await;
         let text = String::from_utf8_lossy(&r);
         assert!(
-            text.starts_with(&format!("-ERR '{}' needs a connection of its own", cmd[0]))
-                && text.contains("Redis Cluster upstream"),
+            text.starts_with(&format!(
+                "-ERR '{name}' is not supported with a Redis Cluster upstream"
+            )),
             "{cmd:?}: {text}"
         );
+    }
+    // RESP3 is refused the way a server without it refuses, so clients fall back to RESP2.
+    let r = call(&mut c, &["HELLO", "3"]).await;
+    assert!(r.starts_with(b"-NOPROTO "), "{}", show(&r));
+    assert!(call(&mut c, &["HELLO", "2"]).await.starts_with(b"*"));
+    // Replies switched off and on again by the proxy itself.
+    c.send(
+        b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n*2\r\n$4\r\nECHO\r\n$6\r\nhidden\r\n",
+    )
+    .await;
+    assert_resp!(
+        call(&mut c, &["CLIENT", "REPLY", "ON"]).await,
+        b"+OK\r\n".to_vec()
+    );
+    // The client's name is kept by respguard and answered as Redis answers.
+    for cmd in [
+        &["CLIENT", "GETNAME"][..],
+        &["CLIENT", "SETNAME", "app 1"],
+        &["CLIENT", "SETNAME", "app-1"],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME"],
+        &["CLIENT", "GETNAME", "x"],
+        &["CLIENT", "SETNAME", ""],
+        &["CLIENT", "GETNAME"],
+        &["CLIENT", "SETNAME", "app-2"],
+        &["RESET"],
+        &["CLIENT", "GETNAME"],
+    ] {
+        assert_resp!(call(&mut c, cmd).await, call(&mut d, cmd).await, "{cmd:?}");
     }
     // The connection goes on.
     assert_resp!(call(&mut c, &["PING"]).await, b"+PONG\r\n".to_vec());
@@ -294,4 +334,61 @@ async fn cluster_commands_answer_as_a_single_node_and_stateful_commands_are_refu
         .await
         .expect("MGET");
     assert_eq!(got, vec![Some(1), Some(2), None]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_behind_rediss_seeds_routes_over_tls() {
+    let pki = Pki::new("cluster");
+    let server = pki.issue("node", &["127.0.0.1"]);
+    let cluster = RedisCluster::start_tls(&pki, &server);
+    let p = cluster_proxy_tls(PERMISSIVE, &cluster, &pki).await;
+    let mut c = raw_proxy(&p).await;
+    // Keys on every primary, split and merged, over the nodes' TLS ports only (the topology
+    // names them as such to a TLS client; a plain connection there would fail).
+    let mut mset = vec!["MSET"];
+    let keys: Vec<String> = (0..30).map(|i| format!("tls:{i}")).collect();
+    for k in &keys {
+        mset.push(k);
+        mset.push(k);
+    }
+    assert_resp!(call(&mut c, &mset).await, b"+OK\r\n".to_vec());
+    let mut mget = vec!["MGET"];
+    mget.extend(keys.iter().map(String::as_str));
+    let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    assert_resp!(call(&mut c, &mget).await, common::bulk_array(&want));
+    // A transaction on a connection of its own, over TLS too.
+    c.send(b"*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$6\r\n{t}tls\r\n*1\r\n$4\r\nEXEC\r\n")
+        .await;
+    assert_resp!(c.reply().await, b"+OK\r\n".to_vec());
+    assert_resp!(c.reply().await, b"+QUEUED\r\n".to_vec());
+    assert_resp!(c.reply().await, b"*1\r\n:1\r\n".to_vec());
+    // What respguard wrote is on the nodes, read over their plain ports.
+    let mut found = 0;
+    for node in cluster.primaries() {
+        for k in &keys {
+            if common::cli(node.port, &["GET", k]).is_some_and(|v| v.trim() == k) {
+                found += 1;
+            }
+        }
+    }
+    assert_eq!(found, keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_refuses_before_respguard_answers_for_the_cluster() {
+    let cluster = RedisCluster::start();
+    let single = RedisServer::start();
+    let yaml = "policy:\n  unknown_keys: allow\n  denied_commands: [\"CLIENT|SETNAME\", MONITOR]\n";
+    let through_cluster = cluster_proxy(yaml, &cluster).await;
+    let through_single = proxy(yaml, &single.url()).await;
+    let mut c = raw_proxy(&through_cluster).await;
+    let mut s = raw_proxy(&through_single).await;
+    // The policy's refusal, as on one Redis; the name the refused command carried is not set.
+    for cmd in [
+        &["CLIENT", "SETNAME", "app"][..],
+        &["CLIENT", "GETNAME"],
+        &["MONITOR"],
+    ] {
+        assert_resp!(call(&mut c, cmd).await, call(&mut s, cmd).await, "{cmd:?}");
+    }
 }

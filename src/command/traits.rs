@@ -28,6 +28,10 @@ pub enum Special {
     Quit,
     Monitor,
     Pubsub,
+    /// `WATCH`: the connection now watches keys (until EXEC, DISCARD, UNWATCH or RESET).
+    Watch,
+    /// `UNWATCH`.
+    Unwatch,
     /// `SYNC`/`PSYNC`: refused, as the replication stream is not made of replies.
     Replication,
     /// `CLIENT REPLY`: the reply mode is applied by the proxy.
@@ -141,6 +145,12 @@ pub enum ClusterTip {
     NotCluster,
     /// `SELECT`: database 0 only, as in Redis Cluster.
     SelectZeroOnly,
+    /// `CLIENT SETNAME` (`set`) and `CLIENT GETNAME`: with a cluster upstream the client has
+    /// no connection of its own to name, so respguard keeps the name.
+    ClientName { set: bool },
+    /// `SPUBLISH`, `SSUBSCRIBE`, `SUNSUBSCRIBE`: the shard channels (key specs flagged
+    /// `not_key`) have a slot like keys, and Redis Cluster routes them by it.
+    ShardChannels,
 }
 
 /// How the replies of a command sent to several cluster nodes become one.
@@ -269,6 +279,8 @@ fn special_of(spec: &CommandSpec) -> Special {
         "MONITOR" => Special::Monitor,
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
         | "SUNSUBSCRIBE" => Special::Pubsub,
+        "WATCH" => Special::Watch,
+        "UNWATCH" => Special::Unwatch,
         "SYNC" | "PSYNC" => Special::Replication,
         "CLIENT|REPLY" => Special::ClientReply,
         _ => Special::None,
@@ -365,6 +377,9 @@ fn cluster_tip_of(spec: &CommandSpec) -> ClusterTip {
         "RANDOMKEY" => AllShards(AnyNonNil),
         "SCAN" => Scan,
         "SELECT" => SelectZeroOnly,
+        "SPUBLISH" | "SSUBSCRIBE" | "SUNSUBSCRIBE" => ShardChannels,
+        "CLIENT|SETNAME" => ClientName { set: true },
+        "CLIENT|GETNAME" => ClientName { set: false },
         n if n == "CLUSTER" || n.starts_with("CLUSTER|") => NotCluster,
         _ => Default,
     }
@@ -424,6 +439,7 @@ mod tests {
             "DEBUG",
             "CLIENT",
             "WATCH",
+            "UNWATCH",
             "GET",
             "GETEX",
             "GETDEL",

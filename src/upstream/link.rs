@@ -3,7 +3,9 @@
 //! A session starts on a shared connection when the pool has one (its commands are
 //! stateless so far), otherwise on a dedicated connection. The first command that needs
 //! connection state pins it: the link waits for the shared replies still owed
-//! ([`Link::Pinning`]), then continues on a dedicated connection for good. A dedicated
+//! ([`Link::Pinning`]), then continues on a dedicated connection, for good with one Redis. (A
+//! cluster client comes back to its router once its connection state is clean:
+//! [`Link::share`].) A dedicated
 //! connection that could not be made yet is retried with the next batch; one that was lost
 //! is not (the client's connection state went with it, so the session closes).
 //!
@@ -169,11 +171,42 @@ impl Link {
         }
     }
 
-    /// Leaves the shared connection; the next batch connects a dedicated one.
-    pub fn unshare(&mut self) {
-        if self.is_shared() {
-            *self = Link::Down { retry: true };
+    /// Leaves the shared connection; the next batch connects a dedicated one. Returns the
+    /// handle left, for a caller that may come back to it ([`Link::share`]).
+    pub fn unshare(&mut self) -> Option<Handle> {
+        if !self.is_shared() {
+            return None;
         }
+        match std::mem::replace(self, Link::Down { retry: true }) {
+            Link::Shared(h) | Link::Pinning(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Back from a dedicated connection to the task-backed upstream behind `h`: for a
+    /// cluster client whose connection state is clean again. Returns the dedicated
+    /// connection, which the caller may keep for later or drop (closing it).
+    pub fn share(&mut self, h: Handle) -> Option<Dedicated> {
+        match std::mem::replace(self, Link::Shared(h)) {
+            Link::Dedicated(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Continues on `d`, a dedicated connection kept from before, when the link is down
+    /// and was never connected; hands `d` back otherwise.
+    pub fn adopt(&mut self, d: Dedicated) -> Result<(), Dedicated> {
+        if !matches!(self, Link::Down { retry: true }) {
+            return Err(d);
+        }
+        *self = Link::Dedicated(d);
+        Ok(())
+    }
+
+    /// Closes the dedicated connection, if any; the next batch connects a new one (to
+    /// another cluster node, when the connection's state has to move).
+    pub fn reopen(&mut self) {
+        *self = Link::Down { retry: true };
     }
 
     /// The dedicated connection failed: it is gone for good.
@@ -245,13 +278,21 @@ mod tests {
         assert!(link.is_shared() && link.is_up() && !link.is_pinning());
         link.pin();
         assert!(link.is_shared() && link.is_pinning());
-        link.unshare();
-        assert!(matches!(link, Link::Down { retry: true }));
+        let h = link.unshare();
+        assert!(h.is_some() && matches!(link, Link::Down { retry: true }));
+        assert!(link.unshare().is_none());
         // Nothing to lose, nothing to pin: a down link stays as it is.
         link.lost();
         link.pin();
         assert!(matches!(link, Link::Down { retry: true }));
         assert!(!link.wants_write(true));
+        // A cluster client goes back to its handle once its connection state is clean.
+        if let Some(h) = h {
+            assert!(link.share(h).is_none());
+        }
+        assert!(link.is_shared() && !link.is_pinning());
+        link.reopen();
+        assert!(matches!(link, Link::Down { retry: true }));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::ports::free_port;
+use super::ports::{free_port, listens};
 use super::servers::RedisServer;
+use super::tls::{Issued, Pki};
 
 /// `cluster-node-timeout` of the test clusters: a killed primary is failed over about this
 /// long after it stops answering.
@@ -18,6 +19,22 @@ pub struct RedisCluster {
     pub nodes: Vec<Option<RedisServer>>,
     /// The cluster bus port of each node, to restart it where it was.
     bus_ports: Vec<u16>,
+    /// With TLS: each node's TLS port (beside its plain one, which the harness uses to
+    /// manage the cluster), and the TLS options of every node.
+    tls_ports: Vec<u16>,
+    tls_args: Vec<String>,
+}
+
+impl NodeInfo {
+    /// Whether this node serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+
+    /// Its client address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
 }
 
 /// One line of `CLUSTER NODES`.
@@ -34,20 +51,61 @@ pub struct NodeInfo {
 impl RedisCluster {
     /// Starts 3 primaries and 3 replicas and waits until the cluster serves every slot.
     pub fn start() -> RedisCluster {
+        Self::start_with(None)
+    }
+
+    /// The same cluster with TLS: every node also listens with TLS (serving `server`'s
+    /// certificate, trusting `pki`'s CA), and the cluster bus and replication use TLS.
+    pub fn start_tls(pki: &Pki, server: &Issued) -> RedisCluster {
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+        let tls_args = [
+            "--tls-cert-file".to_string(),
+            path(&server.cert),
+            "--tls-key-file".into(),
+            path(&server.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca_file()),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ];
+        Self::start_with(Some(tls_args.to_vec()))
+    }
+
+    fn start_with(tls: Option<Vec<String>>) -> RedisCluster {
         // The bus port must be free too: the default (port + 10000) may not be.
         let bus_ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let tls_ports: Vec<u16> = match &tls {
+            Some(_) => (0..6).map(|_| free_port()).collect(),
+            None => Vec::new(),
+        };
+        let tls_args = tls.unwrap_or_default();
         let nodes = bus_ports
             .iter()
-            .map(|&bus| {
-                Some(RedisServer::start_with(
-                    &node_args(bus)
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                ))
+            .enumerate()
+            .map(|(i, &bus)| {
+                let args = node_args(bus, tls_ports.get(i).copied(), &tls_args);
+                let n =
+                    RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+                if let Some(&p) = tls_ports.get(i) {
+                    assert!(
+                        listens(n.pid(), p),
+                        "node {} does not listen with TLS on {p}",
+                        n.port
+                    );
+                }
+                Some(n)
             })
             .collect();
-        let cluster = RedisCluster { nodes, bus_ports };
+        let cluster = RedisCluster {
+            nodes,
+            bus_ports,
+            tls_ports,
+            tls_args,
+        };
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for n in cluster.nodes.iter().flatten() {
@@ -71,6 +129,14 @@ impl RedisCluster {
             .iter()
             .flatten()
             .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// `host:port` of every node's TLS port (for a cluster started with TLS).
+    pub fn tls_seeds(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
             .collect()
     }
 
@@ -106,6 +172,39 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
     }
 
+    /// A key named `prefix` plus a number whose slot `node` serves.
+    pub fn key_on(&self, node: &NodeInfo, prefix: &str) -> String {
+        (0..100_000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| node.serves(respguard::upstream::cluster::route::slot(k.as_bytes())))
+            .unwrap_or_else(|| panic!("no key of prefix {prefix} on {}", node.port))
+    }
+
+    /// Gives `slot` (which must hold no key) to the primary `to` the way a migration ends
+    /// (`IMPORTING` on `to`, `MIGRATING` on the owner, then `SETSLOT slot NODE to` on `to`
+    /// first, which bumps its epoch so the move wins, then on every other primary), and waits
+    /// until every node agrees.
+    pub fn give_slot(&self, slot: u16, to: &NodeInfo) {
+        let s = slot.to_string();
+        let from = self.owner(slot);
+        let setslot = |port: u16, args: &[&str]| {
+            let mut all = vec!["CLUSTER", "SETSLOT", &s];
+            all.extend_from_slice(args);
+            let out = cli(port, &all).unwrap_or_default();
+            assert!(out.starts_with("OK"), "{all:?} on {port}: {out}");
+        };
+        setslot(to.port, &["IMPORTING", &from.id]);
+        setslot(from.port, &["MIGRATING", &to.id]);
+        setslot(to.port, &["NODE", &to.id]);
+        setslot(from.port, &["NODE", &to.id]);
+        for n in self.primaries() {
+            if n.port != to.port && n.port != from.port {
+                setslot(n.port, &["NODE", &to.id]);
+            }
+        }
+        self.wait_ok(Duration::from_secs(20));
+    }
+
     /// Kills the node listening on `port` (SIGKILL: no goodbye to the cluster).
     pub fn kill_port(&mut self, port: u16) {
         for slot in &mut self.nodes {
@@ -127,10 +226,10 @@ impl RedisCluster {
     /// Starts every node again where it was, after [`RedisCluster::kill_all`]: they read
     /// their cluster configuration back and form the same cluster (with no data).
     pub fn restart_all(&mut self) {
-        for (slot, &bus) in self.nodes.iter_mut().zip(&self.bus_ports) {
+        for (i, (slot, &bus)) in self.nodes.iter_mut().zip(&self.bus_ports).enumerate() {
             if let Some(old) = slot.as_ref() {
                 let port = old.port;
-                let args = node_args(bus);
+                let args = node_args(bus, self.tls_ports.get(i).copied(), &self.tls_args);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 // The old value's drop would remove the directory the new server uses.
                 std::mem::forget(slot.take());
@@ -216,9 +315,10 @@ impl RedisCluster {
     }
 }
 
-/// `redis-server` options of a cluster node whose bus listens on `bus`.
-fn node_args(bus: u16) -> Vec<String> {
-    [
+/// `redis-server` options of a cluster node whose bus listens on `bus` (and which listens
+/// with TLS on `tls_port`, with `tls_args`, when given).
+fn node_args(bus: u16, tls_port: Option<u16>, tls_args: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--cluster-enabled",
         "yes",
         "--cluster-port",
@@ -233,7 +333,13 @@ fn node_args(bus: u16) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    if let Some(p) = tls_port {
+        args.push("--tls-port".into());
+        args.push(p.to_string());
+        args.extend(tls_args.iter().cloned());
+    }
+    args
 }
 
 /// Runs `redis-cli -p PORT args...`; its output, or `None` when the node did not answer.
@@ -304,6 +410,26 @@ pub fn with_cluster(yaml: &str, cluster: &RedisCluster, extra: &str) -> String {
 pub async fn cluster_proxy(yaml: &str, cluster: &RedisCluster) -> respguard::Proxy {
     let url = format!("redis://{}", cluster.seeds()[0]);
     let p = super::inproc::proxy(&with_cluster(yaml, cluster, ""), &url).await;
+    wait_cluster_ready(&p).await;
+    p
+}
+
+/// respguard in this process in front of `cluster` (started with TLS), seeded with every
+/// node's TLS port through `rediss://`, trusting `pki`'s CA; `yaml` has no `upstream:`
+/// section. Waits until it has read the cluster's topology.
+pub async fn cluster_proxy_tls(yaml: &str, cluster: &RedisCluster, pki: &Pki) -> respguard::Proxy {
+    let seeds = cluster
+        .tls_seeds()
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "{yaml}\nupstream:\n  tls:\n    ca_file: {}\n  cluster:\n    seeds: [{seeds}]\n",
+        pki.ca_file().display()
+    );
+    let url = format!("rediss://{}", cluster.tls_seeds()[0]);
+    let p = super::inproc::proxy(&yaml, &url).await;
     wait_cluster_ready(&p).await;
     p
 }

@@ -119,6 +119,7 @@ impl Session {
                 && self.auth_hold.is_none()
                 && (self.closing
                     || (!self.link.is_pinning()
+                        && (!self.cluster_held() || self.cbuf.len() < HIGH_WATER)
                         && self.uout.len() < HIGH_WATER
                         && self.cout.len() < HIGH_WATER
                         && self.pending.len()
@@ -257,14 +258,27 @@ impl Session {
     /// error, and the client may try again later.
     pub(super) async fn reconnect(&mut self) {
         let cfg = self.shared.config();
-        match self.link.connect(&cfg.upstream, &self.limits).await {
-            Ok(()) => {}
-            Err(e) => {
-                self.shared.metrics.upstream_error(e.kind());
-                tracing::warn!(error = %e, "upstream unavailable");
-                self.uout.clear();
-                self.multi = None;
-                self.fail_pending(&e.to_string());
+        let res = match self.cluster_node_config() {
+            None => self.link.connect(&cfg.upstream, &self.limits).await,
+            // The connection kept from before, to the same node.
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(node))) => {
+                let r = self.link.connect(&node, &self.limits).await;
+                if r.is_ok() {
+                    self.cluster_connected();
+                }
+                r
+            }
+            Some(Err(e)) => Err(e),
+        };
+        if let Err(e) = res {
+            self.shared.metrics.upstream_error(e.kind());
+            tracing::warn!(error = %e, "upstream unavailable");
+            self.uout.clear();
+            self.multi = None;
+            self.fail_pending(&e.to_string());
+            if self.cpin.is_some() {
+                self.cluster_connect_failed();
             }
         }
     }

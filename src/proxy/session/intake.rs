@@ -16,6 +16,10 @@ use crate::policy::{Verdict, NS_NONE, NS_UNMATCHED};
 use crate::upstream::{handshake_commands, handshake_len};
 
 /// The answer to `SYNC`/`PSYNC`.
+/// Sent inside MULTI after a command the proxy refused: a command with the wrong number of
+/// arguments, which Redis refuses while queueing (no effect) and which flags the transaction.
+pub(super) const POISON: &[u8] = b"*1\r\n$3\r\nGET\r\n";
+
 pub(super) const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
     connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
 
@@ -31,9 +35,16 @@ impl Session {
     /// connection with the commands held back. True when it did (the batch is to be sent).
     pub(super) fn finish_pinning(&mut self) -> bool {
         if self.link.is_pinning() && self.pending.is_empty() && self.uout.is_empty() {
-            self.link.unshare();
+            if self.cpin.is_some() {
+                self.cluster_leave_router();
+            } else {
+                self.link.unshare();
+            }
             self.process_client();
             return true;
+        }
+        if self.cpin.is_some() {
+            return self.cluster_step();
         }
         false
     }
@@ -81,6 +92,7 @@ impl Session {
         while off < buf.len()
             && !self.closing
             && !self.link.is_pinning()
+            && !self.cluster_held()
             && self.auth_hold.is_none()
         {
             let rest = &buf[off..];
@@ -91,7 +103,7 @@ impl Session {
                 Ok(Some(Request::Multibulk { len })) => {
                     let raw = &rest[..len];
                     let spans = std::mem::take(&mut self.spans);
-                    let done = self.handle(Argv::new(raw, &spans), raw);
+                    let done = self.handle_recorded(Argv::new(raw, &spans), raw);
                     self.spans = spans;
                     if !done {
                         break;
@@ -110,7 +122,7 @@ impl Session {
                     if let Ok(Some(Request::Multibulk { .. })) =
                         codec::scan_request(&ib, &self.limits, &mut spans, &mut none)
                     {
-                        done = self.handle(Argv::new(&ib, &spans), &ib);
+                        done = self.handle_recorded(Argv::new(&ib, &spans), &ib);
                     }
                     self.spans = spans;
                     self.inline_buf = ib;
@@ -188,6 +200,18 @@ impl Session {
         self.unsent += 1;
     }
 
+    /// [`Session::handle`], and what it sent recorded while a cluster transaction has no key
+    /// yet (it may have to be sent again on another node).
+    fn handle_recorded(&mut self, argv: Argv<'_>, raw: &[u8]) -> bool {
+        if self.cpin.is_none() || !self.cluster_recording() {
+            return self.handle(argv, raw);
+        }
+        let (mark, before) = (self.uout.len(), self.unsent);
+        let done = self.handle(argv, raw);
+        self.cluster_record(mark, before);
+        done
+    }
+
     /// One command: policy, connection-state tracking, and forwarding. Returns false when
     /// the command must wait: it needs a dedicated connection and shared replies are still
     /// outstanding.
@@ -243,43 +267,24 @@ impl Session {
                 return true;
             }
             if self.shared.cluster().is_some() {
-                // A Redis Cluster upstream has no connection of one node to pin to. The
-                // policy's refusal still comes first, as it would on one node.
-                self.quiet = self.take_quiet();
-                let verdict = match &self.policy {
-                    Some(p) => p.check(&argv, spec, &mut self.scratch),
-                    None => Verdict::Forward,
-                };
-                match verdict {
-                    Verdict::Reject(r) => {
-                        self.refuse(&r.message, cmd);
-                        return true;
-                    }
-                    Verdict::Respond(bytes) => {
-                        self.push_local(bytes, Outcome::Ok, cmd);
-                        return true;
-                    }
-                    _ => {}
+                // A connection of its own to the one node the state belongs to.
+                if let Some(done) = self.cluster_pin(&argv, spec, traits, cmd) {
+                    return done;
                 }
-                self.scratch.namespace = NS_NONE;
-                self.scratch.clear();
-                let reply = crate::upstream::cluster::route::stateful_reply(&argv, spec);
-                let outcome = if reply.starts_with(b"-") {
-                    Outcome::Error
-                } else {
-                    Outcome::Ok
-                };
-                self.push_local(reply, outcome, cmd);
-                return true;
-            }
-            if !self.pending.is_empty() || !self.uout.is_empty() {
+            } else if !self.pending.is_empty() || !self.uout.is_empty() {
                 // Commands already sent on the shared connection must finish first, so this
                 // one runs after them.
                 self.link.pin();
                 return false;
+            } else {
+                // Pinned: from now on this client has its own upstream connection.
+                self.link.unshare();
             }
-            // Pinned: from now on this client has its own upstream connection.
-            self.link.unshare();
+        }
+        if self.cpin.is_some() && !self.link.is_shared() {
+            if let Some(done) = self.cluster_pinned(&argv, spec, traits, cmd) {
+                return done;
+            }
         }
         self.quiet = if traits.special == Special::Reset {
             // RESET turns replies back on before answering.
@@ -385,10 +390,17 @@ impl Session {
             }
             Special::Monitor => Kind::Monitor,
             Special::Pubsub => Kind::Pubsub,
+            Special::Watch if self.cpin.is_some() && self.multi.is_none() => {
+                Kind::Watch(self.cluster_watch_mark())
+            }
             Special::None if self.multi.is_none() && self.filter_keys(spec).is_some() => {
                 Kind::KeyFilter(self.filter_keys(spec).unwrap_or_default())
             }
-            Special::None | Special::Replication | Special::ClientReply => {
+            Special::None
+            | Special::Watch
+            | Special::Unwatch
+            | Special::Replication
+            | Special::ClientReply => {
                 // Redis answers WATCH inside MULTI at once with an error; it is not queued.
                 if let (Some(layout), true) = (self.multi.as_mut(), traits.queued_in_multi) {
                     layout.push(Slot::Visible(None));
@@ -397,6 +409,8 @@ impl Session {
             }
         };
         let is_reset = matches!(kind, Kind::Reset);
+        let mark = self.uout.len();
+        let appended = append.len();
         match rewritten {
             Some(args) => {
                 // Encoded straight into the upstream buffer: no temporary copy.
@@ -459,6 +473,9 @@ impl Session {
             }
             self.push(Kind::Hidden, None, false, start);
         }
+        if blocking && self.multi.is_none() && self.cpin.is_some() {
+            self.cluster_blocking_sent(mark, 1 + appended);
+        }
         if is_reset {
             // RESET drops the connection's authentication and database: restore the proxy's.
             self.send_handshake(start);
@@ -476,7 +493,7 @@ impl Session {
             // A command with the wrong number of arguments: Redis refuses it while queueing
             // (no effect, not shown by MONITOR) and flags the transaction, so EXEC, forwarded
             // as the client sent it, gets Redis's own EXECABORT.
-            self.send(b"*1\r\n$3\r\nGET\r\n");
+            self.send(POISON);
             self.push(Kind::Poison, None, false, self.batch_start);
         }
     }

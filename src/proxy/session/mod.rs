@@ -18,6 +18,7 @@
 //! - [`pairing`]: upstream replies matched with pending commands.
 //! - [`transaction`]: MULTI/EXEC: the EXEC reply rebuilt as the client queued it.
 //! - [`modes`]: pub/sub, MONITOR, RESP3 and `CLIENT REPLY`.
+//! - [`cluster`]: a cluster client's connection of its own to one node, and back.
 //! - [`record`]: metrics per finished command, batched per run of identical results.
 //! - [`limits`]: client timeouts, upstream read timeout, output limits.
 //! - [`driver`]: the task: sockets, `select!`, connecting.
@@ -37,6 +38,7 @@ use crate::policy::auth::ClientAuth;
 use crate::policy::{NsId, Policy, Scratch, NS_NONE};
 use crate::upstream::{Link, UpstreamError};
 
+mod cluster;
 mod driver;
 mod identity;
 mod intake;
@@ -86,6 +88,9 @@ enum Kind {
     KeyFilter(bool),
     /// A (un)subscribe command: its reply may come as a pub/sub confirmation frame.
     Pubsub,
+    /// `WATCH` from a cluster client on a connection of its own: it stays there while
+    /// the keys are watched. Carries how many commands that end watching were sent before.
+    Watch(u32),
     Monitor,
     Hello,
     Reset,
@@ -240,6 +245,19 @@ struct Session {
     link: Link,
     /// Replies expected for what is in `uout` (the size of the next shared job).
     unsent: usize,
+    /// A cluster client on a connection of its own to one node (see [`cluster`]).
+    /// Boxed, like the spare connection below: most sessions never need them.
+    cpin: Option<Box<cluster::ClusterPin>>,
+    /// A cluster client's `CLIENT SETNAME`, kept by the proxy (it has no connection to name).
+    cluster_name: Option<Bytes>,
+    /// A cluster client's last connection of its own, clean, and its node: used again when
+    /// the next command that needs one goes to the same node.
+    cluster_spare: Option<
+        Box<(
+            crate::upstream::cluster::NodeAddr,
+            crate::upstream::Dedicated,
+        )>,
+    >,
     /// The client's identity (`policy.clients`).
     auth: ClientAuth,
     /// A failed login's answer, held until its delay is over; no command is read meanwhile.
@@ -299,6 +317,9 @@ impl Session {
             },
             link,
             unsent: 0,
+            cpin: None,
+            cluster_name: None,
+            cluster_spare: None,
             auth: ClientAuth::default(),
             auth_hold: None,
             shared,

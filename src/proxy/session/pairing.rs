@@ -212,6 +212,14 @@ impl Session {
         };
         self.last_reply_at = self.now;
         self.drop_reply = p.meta.quiet;
+        let p = if f.kind == b'-' && self.cpin.is_some() {
+            match self.cluster_redirect(bytes, p) {
+                Ok(p) => p,
+                Err(action) => return action,
+            }
+        } else {
+            p
+        };
         let outcome = if codec::is_error(f.kind) {
             Outcome::Error
         } else {
@@ -219,6 +227,12 @@ impl Session {
         };
         let forward = match p.kind {
             Kind::Reply | Kind::Pubsub => true,
+            Kind::Watch(mark) => {
+                if f.kind == b'+' {
+                    self.cluster_watched(mark);
+                }
+                true
+            }
             Kind::KeyFilter(scan) => {
                 if let Some(out) = self.filter_key_reply(bytes, scan) {
                     self.record(&p.meta, outcome, None);

@@ -1,5 +1,6 @@
 //! The cluster upstream's figures on the proxy's recorder: redirections by kind, topology
-//! refreshes by result, and per node the batches that failed and how long batches took.
+//! refreshes by result, and per node the batches that failed, how long batches took, and the
+//! connections opened for clients with connection state.
 //! The node label is bounded by the cluster's size: connections to nodes that leave the
 //! topology are forgotten, and their series stop growing.
 
@@ -14,13 +15,19 @@ use super::ClusterMetrics;
 
 const REDIRECT_KINDS: [&str; 5] = ["moved", "ask", "tryagain", "clusterdown", "unreachable"];
 
+struct NodeFigures {
+    errors: Counter,
+    duration: Histogram,
+    dedicated: Counter,
+}
+
 /// [`ClusterMetrics`] on a proxy's recorder.
 pub struct Recorded {
     registry: Registry,
     redirects: Vec<(&'static str, Counter)>,
     refresh_ok: Counter,
     refresh_error: Counter,
-    nodes: DashMap<String, (Counter, Histogram)>,
+    nodes: DashMap<String, NodeFigures>,
 }
 
 impl Recorded {
@@ -36,6 +43,10 @@ impl Recorded {
         registry.describe_counter(
             "respguard_cluster_node_errors_total",
             "Batches a cluster node failed (unreachable or connection lost), by node.",
+        );
+        registry.describe_counter(
+            "respguard_cluster_dedicated_connections_total",
+            "Connections opened to a cluster node for one client's connection state (transaction, WATCH, blocking command, subscriptions), by node.",
         );
         registry.describe_histogram(
             "respguard_cluster_node_duration_seconds",
@@ -69,6 +80,27 @@ impl Recorded {
     }
 }
 
+impl Recorded {
+    /// The figures of `node`, registered on first use.
+    fn with_node(&self, node: &str, f: impl FnOnce(&NodeFigures)) {
+        if !self.nodes.contains_key(node) {
+            let label = [("node", node.to_string())];
+            let r = &self.registry;
+            self.nodes.insert(
+                node.to_string(),
+                NodeFigures {
+                    errors: r.counter("respguard_cluster_node_errors_total", &label),
+                    duration: r.histogram("respguard_cluster_node_duration_seconds", &label),
+                    dedicated: r.counter("respguard_cluster_dedicated_connections_total", &label),
+                },
+            );
+        }
+        if let Some(n) = self.nodes.get(node) {
+            f(&n);
+        }
+    }
+}
+
 impl ClusterMetrics for Recorded {
     fn redirect(&self, kind: &'static str) {
         if let Some((_, c)) = self.redirects.iter().find(|(k, _)| *k == kind) {
@@ -85,25 +117,17 @@ impl ClusterMetrics for Recorded {
     }
 
     fn node_batch(&self, node: &str, latency: Duration, failed: bool) {
-        if !self.nodes.contains_key(node) {
-            let label = [("node", node.to_string())];
-            self.nodes.insert(
-                node.to_string(),
-                (
-                    self.registry
-                        .counter("respguard_cluster_node_errors_total", &label),
-                    self.registry
-                        .histogram("respguard_cluster_node_duration_seconds", &label),
-                ),
-            );
-        }
-        if let Some(h) = self.nodes.get(node) {
+        self.with_node(node, |f| {
             if failed {
-                h.0.increment(1);
+                f.errors.increment(1);
             } else {
-                h.1.record(latency.as_secs_f64());
+                f.duration.record(latency.as_secs_f64());
             }
-        }
+        });
+    }
+
+    fn dedicated(&self, node: &str) {
+        self.with_node(node, |f| f.dedicated.increment(1));
     }
 
     fn forget_except(&self, keep: &[String]) {

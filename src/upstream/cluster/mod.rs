@@ -8,7 +8,10 @@
 //!
 //! The contract towards the session is the one of the single-node shared connections: a
 //! batch of one client's commands goes in as a [`crate::upstream::Job`], the replies come
-//! back in the client's order. `MOVED` and `ASK` never reach the client.
+//! back in the client's order. `MOVED` and `ASK` never reach the client. A client whose
+//! commands need connection state (a transaction, a blocking command, subscriptions) is given
+//! what it needs to connect to one node itself ([`Cluster::owner`], [`Cluster::any_primary`],
+//! [`Cluster::node_config`]) and reports the redirections it meets there ([`Cluster::moved`]).
 //!
 //! The topology is refreshed by one task: every `refresh_interval`, and early when a
 //! `MOVED` or an unreachable node says the map is stale, at most once a second
@@ -48,6 +51,8 @@ pub trait ClusterMetrics: Send + Sync {
     fn refresh(&self, ok: bool);
     /// A batch answered by `node`, how long it took, and whether the node failed it.
     fn node_batch(&self, node: &str, latency: Duration, failed: bool);
+    /// A connection to `node` opened for one client's connection state.
+    fn dedicated(&self, _node: &str) {}
     /// The nodes in the topology now: figures of any other node are no longer recorded.
     fn forget_except(&self, _keep: &[String]) {}
 }
@@ -135,6 +140,51 @@ impl Cluster {
     pub fn slot_map(&self) -> Arc<SlotMap> {
         self.inner.map()
     }
+
+    /// The primary serving `slot` now, as far as the map knows.
+    pub fn owner(&self, slot: u16) -> Option<NodeAddr> {
+        self.inner.map().owner(slot).cloned()
+    }
+
+    /// A primary for a connection that needs no particular slot, in turn.
+    pub fn any_primary(&self) -> Option<NodeAddr> {
+        self.inner.any_primary(&self.inner.map())
+    }
+
+    /// The upstream settings (auth, TLS, timeouts) for a connection of its own to `addr`,
+    /// for a client whose connection state must live on one node.
+    pub fn node_config(&self, addr: &NodeAddr) -> UpstreamConfig {
+        node_config(&self.inner.upstream, addr)
+    }
+
+    /// A node answered `MOVED slot to` outside the routers: the map learns it, and a refresh
+    /// of the whole map is asked for.
+    pub fn moved(&self, slot: u16, to: &NodeAddr) {
+        self.inner.metrics().redirect("moved");
+        self.inner.moved(slot, to);
+    }
+
+    /// A connection of its own to `node` was opened for a client with connection state.
+    pub fn dedicated_opened(&self, node: &NodeAddr) {
+        self.inner.metrics().dedicated(&node.to_string());
+    }
+
+    /// A node answered `ASK`: nothing changes in the map, but the slot is migrating.
+    pub fn asked(&self) {
+        self.inner.metrics().redirect("ask");
+    }
+}
+
+/// The single-node upstream's settings with `addr` as the address (cluster nodes all serve
+/// database 0).
+pub(crate) fn node_config(upstream: &UpstreamConfig, addr: &NodeAddr) -> UpstreamConfig {
+    let mut cfg = upstream.clone();
+    cfg.addr = crate::config::UpstreamAddr::Tcp {
+        host: addr.host.clone(),
+        port: addr.port,
+    };
+    cfg.db = 0;
+    cfg
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -231,12 +281,7 @@ impl Inner {
     }
 
     async fn ask_topology(&self, addr: &NodeAddr) -> Result<SlotMap, String> {
-        let mut cfg = self.upstream.clone();
-        cfg.addr = crate::config::UpstreamAddr::Tcp {
-            host: addr.host.clone(),
-            port: addr.port,
-        };
-        cfg.db = 0;
+        let cfg = node_config(&self.upstream, addr);
         let tls = cfg.tls.is_some();
         let limits = Limits {
             max_bulk_len: usize::MAX >> 1,

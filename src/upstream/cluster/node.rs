@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{Limits, ReplyScanner};
-use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::upstream::{UpRead, UpWrite, Upstream, UpstreamError};
 
 use super::topology::NodeAddr;
@@ -48,13 +48,7 @@ impl NodeConn {
     /// upstream's settings (auth, TLS, timeouts) and this node's address.
     pub fn start(addr: &NodeAddr, upstream: &UpstreamConfig, limits: Limits) -> NodeConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut cfg = upstream.clone();
-        cfg.addr = UpstreamAddr::Tcp {
-            host: addr.host.clone(),
-            port: addr.port,
-        };
-        // Cluster nodes all serve database 0.
-        cfg.db = 0;
+        let cfg = super::node_config(upstream, addr);
         tokio::spawn(write_loop(rx, cfg, limits));
         NodeConn { tx }
     }

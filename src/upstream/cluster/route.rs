@@ -11,7 +11,8 @@
 use bytes::Bytes;
 
 use crate::codec::Argv;
-use crate::command::{CommandSpec, FindKeys, KeyRef};
+use crate::command::{BeginSearch, CommandSpec, FindKeys, KeyRef};
+use crate::config::NodeAddr;
 
 /// Redis Cluster's error for keys of one command in different slots.
 pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
@@ -40,9 +41,9 @@ fn select_reply(argv: &Argv<'_>) -> &'static [u8] {
     }
 }
 
-/// The answer to a command that needs a connection of its own (transactions, blocking
-/// commands, pub/sub, connection settings) with a cluster upstream: a shared node connection
-/// cannot carry it, and no dedicated per-node connection is made for it.
+/// The answer to a command whose effect would stay on one node's connection with a cluster
+/// upstream (`MONITOR` would show one node's traffic, `AUTH` one node's login, `CLIENT ...`
+/// one connection's settings), so respguard refuses it rather than mislead.
 pub fn stateful_reply(argv: &Argv<'_>, spec: Option<&'static CommandSpec>) -> Bytes {
     if let Some(s) = spec {
         if tip(s) == Tip::SelectZeroOnly {
@@ -54,12 +55,63 @@ pub fn stateful_reply(argv: &Argv<'_>, spec: Option<&'static CommandSpec>) -> By
     crate::codec::encode_error(
         &mut b,
         &format!(
-            "ERR '{name}' needs a connection of its own, which respguard does not provide with a \
-             Redis Cluster upstream (transactions, blocking commands, pub/sub and connection \
-             settings are not supported in cluster mode)"
+            "ERR '{name}' is not supported with a Redis Cluster upstream: its effect would \
+             apply to one cluster node's connection only (see respguard's README, \"Scaling out\")"
         ),
     );
     b.freeze()
+}
+
+/// The slots of a command's shard channels (`SPUBLISH`, `SSUBSCRIBE`, `SUNSUBSCRIBE`), as
+/// Redis Cluster hashes them: first the slot, then whether every channel has it. `None`
+/// without channels.
+fn channel_slot(argv: &Argv<'_>, spec: &CommandSpec) -> Option<(u16, bool)> {
+    let ks = spec.key_specs.first()?;
+    let (BeginSearch::Index(first), FindKeys::Range { last_key, .. }) = (ks.begin, ks.find) else {
+        return None;
+    };
+    let first = usize::try_from(first).ok()?;
+    let end = if last_key < 0 {
+        argv.len()
+    } else {
+        (first + 1).min(argv.len())
+    };
+    let mut slots = (first..end).filter_map(|i| argv.get(i)).map(slot);
+    let s = slots.next()?;
+    Some((s, slots.all(|t| t == s)))
+}
+
+/// A `MOVED` or `ASK` error reply: the slot and the node it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    Moved(u16, NodeAddr),
+    Ask(u16, NodeAddr),
+}
+
+/// Reads a `-MOVED slot host:port` or `-ASK slot host:port` reply; `None` for anything else.
+pub fn redirect(reply: &[u8]) -> Option<Redirect> {
+    if !(reply.starts_with(b"-MOVED ") || reply.starts_with(b"-ASK ")) {
+        return None;
+    }
+    let line = reply.get(1..reply.len().checked_sub(2)?)?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut w = text.split(' ');
+    let kind = w.next()?;
+    let slot: u16 = w.next()?.parse().ok()?;
+    let addr = parse_addr(w.next()?)?;
+    match kind {
+        "MOVED" => Some(Redirect::Moved(slot, addr)),
+        _ => Some(Redirect::Ask(slot, addr)),
+    }
+}
+
+/// `host:port` as a redirection names a node.
+pub fn parse_addr(s: &str) -> Option<NodeAddr> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some(NodeAddr {
+        host: host.to_string(),
+        port: port.parse().ok()?,
+    })
 }
 
 /// Where one client command goes.
@@ -92,7 +144,17 @@ pub fn route(argv: &Argv<'_>, spec: Option<&'static CommandSpec>, keys: &mut Vec
         Tip::SelectZeroOnly => return Route::Local(select_reply(argv)),
         Tip::AllShards(m) => return Route::AllShards(m),
         Tip::Scan => return Route::Scan,
-        Tip::Default | Tip::MultiShard(_) => {}
+        Tip::ShardChannels => {
+            if !spec.check_arity(argv.len()) {
+                return Route::One(None);
+            }
+            return match channel_slot(argv, spec) {
+                Some((s, true)) => Route::One(Some(s)),
+                Some((_, false)) => Route::Local(CROSSSLOT),
+                None => Route::One(None),
+            };
+        }
+        Tip::Default | Tip::MultiShard(_) | Tip::ClientName { .. } => {}
     }
     if !spec.has_keys() || spec.keys(argv, keys).is_err() {
         // Wrong arity and the like: any node answers with Redis's own error.
@@ -161,6 +223,43 @@ mod tests {
             Route::One(Some(slot(b"t")))
         );
         assert_eq!(route_of(&[b"PING"]), Route::One(None));
+    }
+
+    #[test]
+    fn redirections_name_their_slot_and_node() {
+        let to = NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 7001,
+        };
+        assert_eq!(
+            redirect(b"-MOVED 3999 127.0.0.1:7001\r\n"),
+            Some(Redirect::Moved(3999, to.clone()))
+        );
+        assert_eq!(
+            redirect(b"-ASK 12 127.0.0.1:7001\r\n"),
+            Some(Redirect::Ask(12, to))
+        );
+        assert_eq!(redirect(b"-MOVED x 127.0.0.1:7001\r\n"), None);
+        assert_eq!(redirect(b"-ERR MOVED 1 a:1\r\n"), None);
+        assert_eq!(redirect(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn shard_channels_route_by_their_slot_like_keys() {
+        assert_eq!(
+            route_of(&[b"SPUBLISH", b"foo", b"m"]),
+            Route::One(Some(12182))
+        );
+        assert_eq!(
+            route_of(&[b"SSUBSCRIBE", b"{t}a", b"{t}b"]),
+            Route::One(Some(slot(b"t")))
+        );
+        assert_eq!(
+            route_of(&[b"SSUBSCRIBE", b"a", b"b"]),
+            Route::Local(CROSSSLOT)
+        );
+        assert_eq!(route_of(&[b"SUNSUBSCRIBE"]), Route::One(None));
+        assert_eq!(route_of(&[b"SPUBLISH", b"foo"]), Route::One(None));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{self, Argv, Limits, ReplyScanner, Request, Span};
+use crate::codec::{self, Argv, Limits, Request, Span};
 use crate::command::{self, KeyRef};
 use crate::upstream::{Job, SharedReply, CLIENT_BUFFER};
 
@@ -267,34 +267,20 @@ fn verdict(reply: &[u8]) -> Verdict {
     if reply.first() != Some(&b'-') {
         return Verdict::Done;
     }
-    let line = &reply[1..reply.len().saturating_sub(2)];
-    let text = String::from_utf8_lossy(line);
-    let mut w = text.split(' ');
-    match w.next() {
-        Some("MOVED") => {
-            if let (Some(slot), Some(addr)) = (w.next(), w.next().and_then(parse_addr)) {
-                if let Ok(slot) = slot.parse() {
-                    return Verdict::Moved(slot, addr);
-                }
-            }
-            Verdict::Done
-        }
-        Some("ASK") => match w.nth(1).and_then(parse_addr) {
-            Some(a) => Verdict::Ask(a),
-            None => Verdict::Done,
-        },
-        Some("TRYAGAIN") => Verdict::Busy("tryagain"),
-        Some("CLUSTERDOWN") => Verdict::Busy("clusterdown"),
+    match route::redirect(reply) {
+        Some(route::Redirect::Moved(slot, to)) => return Verdict::Moved(slot, to),
+        Some(route::Redirect::Ask(_, to)) => return Verdict::Ask(to),
+        None => {}
+    }
+    let word = reply[1..]
+        .split(|&b| b == b' ' || b == b'\r')
+        .next()
+        .unwrap_or_default();
+    match word {
+        b"TRYAGAIN" => Verdict::Busy("tryagain"),
+        b"CLUSTERDOWN" => Verdict::Busy("clusterdown"),
         _ => Verdict::Done,
     }
-}
-
-fn parse_addr(s: &str) -> Option<NodeAddr> {
-    let (host, port) = s.rsplit_once(':')?;
-    Some(NodeAddr {
-        host: host.to_string(),
-        port: port.parse().ok()?,
-    })
 }
 
 fn error_reply(msg: &str) -> Bytes {
@@ -469,113 +455,126 @@ fn too_many(max: u32) -> Bytes {
     ))
 }
 
-/// The elements of an array reply, or `None` when it is not one.
-fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
-    let limits = Limits {
+/// Limits for walking node replies: only frame boundaries matter here (the session applies
+/// the client's limits to what it receives).
+fn walk_limits() -> Limits {
+    Limits {
         max_bulk_len: usize::MAX >> 1,
         max_inline_len: usize::MAX >> 1,
         max_depth: usize::MAX,
         ..Limits::default()
-    };
+    }
+}
+
+/// An array reply's element count and the offset of its first element, when the reply holds
+/// exactly as many complete elements as its header says.
+fn array(frame: &[u8], limits: &Limits) -> Option<(usize, usize)> {
     if frame.first() != Some(&b'*') {
         return None;
     }
-    let nl = memchr::memchr(b'\n', frame)?;
-    let n: usize = std::str::from_utf8(&frame[1..nl.saturating_sub(1)])
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut at = nl + 1;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let f = ReplyScanner::new().scan(&frame[at..], &limits).ok()??;
-        out.push(&frame[at..at + f.len]);
-        at += f.len;
+    let n = usize::try_from(codec::header_int(frame)?).ok()?;
+    let start = memchr::memchr(b'\n', frame)? + 1;
+    let (mut count, mut end) = (0, start);
+    for e in codec::elements(frame, limits) {
+        count += 1;
+        end = e.at + e.bytes.len();
     }
-    Some(out)
+    (count == n && end == frame.len()).then_some((n, start))
 }
 
 fn integer(frame: &[u8]) -> Option<i64> {
     if frame.first() != Some(&b':') {
         return None;
     }
-    std::str::from_utf8(&frame[1..frame.len().saturating_sub(2)])
-        .ok()?
-        .parse()
-        .ok()
+    codec::header_int(frame)
 }
 
 fn is_error(f: &[u8]) -> bool {
-    f.first() == Some(&b'-')
+    f.first().is_some_and(|&k| codec::is_error(k))
 }
 
 fn is_nil(f: &[u8]) -> bool {
     f == b"$-1\r\n" || f == b"*-1\r\n" || f == b"_\r\n"
 }
 
+const NO_REPLY: &[u8] = b"-ERR no reply\r\n";
+const NOT_ARRAY: &[u8] = b"-ERR a node did not answer with an array\r\n";
+
+fn reply_of(r: &Req) -> &[u8] {
+    r.reply.as_deref().unwrap_or(NO_REPLY)
+}
+
 /// Builds a client command's reply from its requests' replies.
 fn merge(out: &Out, reqs: &[Req], into: &mut BytesMut) {
-    let replies: Vec<&[u8]> = reqs
-        .iter()
-        .map(|r| r.reply.as_deref().unwrap_or(b"-ERR no reply\r\n"))
-        .collect();
-    let first_error = replies.iter().find(|r| is_error(r));
     match out {
-        Out::Local(b) => into.extend_from_slice(b),
-        Out::Single => {
-            into.extend_from_slice(replies.first().copied().unwrap_or(b"-ERR no reply\r\n"))
-        }
-        _ if first_error.is_some() => {
-            if let Some(e) = first_error {
-                into.extend_from_slice(e);
-            }
-        }
+        Out::Local(b) => return into.extend_from_slice(b),
+        Out::Single => return into.extend_from_slice(reqs.first().map_or(NO_REPLY, reply_of)),
+        _ => {}
+    }
+    let replies = || reqs.iter().map(reply_of);
+    if let Some(e) = replies().find(|r| is_error(r)) {
+        into.extend_from_slice(e);
+        return;
+    }
+    let limits = walk_limits();
+    let mut ib = [0u8; 20];
+    match out {
+        Out::Local(_) | Out::Single => {}
         Out::Merge(Merge::Sum) => {
-            let sum: Option<i64> = replies.iter().map(|r| integer(r)).sum();
+            let sum: Option<i64> = replies().map(integer).sum();
             match sum {
-                Some(s) => into.extend_from_slice(format!(":{s}\r\n").as_bytes()),
+                Some(s) => {
+                    into.extend_from_slice(b":");
+                    into.extend_from_slice(codec::fmt_int(&mut ib, s));
+                    into.extend_from_slice(b"\r\n");
+                }
                 None => into.extend_from_slice(b"-ERR a node did not answer with an integer\r\n"),
             }
         }
         Out::Merge(Merge::AllSucceeded) => {
-            into.extend_from_slice(replies.first().copied().unwrap_or(b"+OK\r\n"));
+            into.extend_from_slice(replies().next().unwrap_or(b"+OK\r\n"));
         }
         Out::Merge(Merge::AnyNonNil) => {
-            let r = replies
-                .iter()
+            let r = replies()
                 .find(|r| !is_nil(r))
-                .or(replies.first())
-                .copied()
+                .or_else(|| replies().next())
                 .unwrap_or(b"$-1\r\n");
             into.extend_from_slice(r);
         }
         Out::Merge(Merge::Concat) | Out::Merge(Merge::KeysInOrder) => {
-            let all: Option<Vec<Vec<&[u8]>>> = replies.iter().map(|r| elements(r)).collect();
-            match all {
-                Some(all) => {
-                    let n: usize = all.iter().map(Vec::len).sum();
-                    into.extend_from_slice(format!("*{n}\r\n").as_bytes());
-                    for e in all.iter().flatten() {
-                        into.extend_from_slice(e);
-                    }
+            // Checked first, then copied: every reply's elements follow its header at once.
+            let mut n = 0;
+            for r in replies() {
+                match array(r, &limits) {
+                    Some((k, _)) => n += k,
+                    None => return into.extend_from_slice(NOT_ARRAY),
                 }
-                None => into.extend_from_slice(b"-ERR a node did not answer with an array\r\n"),
+            }
+            into.extend_from_slice(b"*");
+            into.extend_from_slice(codec::fmt_int(&mut ib, n as i64));
+            into.extend_from_slice(b"\r\n");
+            for r in replies() {
+                if let Some((_, start)) = array(r, &limits) {
+                    into.extend_from_slice(&r[start..]);
+                }
             }
         }
         Out::Keys(positions, n) => {
             let mut slots: Vec<&[u8]> = vec![b"$-1\r\n"; *n];
-            for (r, pos) in replies.iter().zip(positions) {
-                let Some(el) = elements(r) else {
-                    into.extend_from_slice(b"-ERR a node did not answer with an array\r\n");
+            for (r, pos) in replies().zip(positions) {
+                if array(r, &limits).is_none_or(|(k, _)| k != pos.len()) {
+                    into.extend_from_slice(NOT_ARRAY);
                     return;
-                };
-                for (e, &p) in el.into_iter().zip(pos) {
+                }
+                for (e, &p) in codec::elements(r, &limits).zip(pos) {
                     if let Some(s) = slots.get_mut(p) {
-                        *s = e;
+                        *s = e.bytes;
                     }
                 }
             }
-            into.extend_from_slice(format!("*{n}\r\n").as_bytes());
+            into.extend_from_slice(b"*");
+            into.extend_from_slice(codec::fmt_int(&mut ib, *n as i64));
+            into.extend_from_slice(b"\r\n");
             for s in slots {
                 into.extend_from_slice(s);
             }
@@ -584,13 +583,11 @@ fn merge(out: &Out, reqs: &[Req], into: &mut BytesMut) {
             position,
             primaries,
         } => {
-            let Some(r) = replies.first() else { return };
-            let parsed = elements(r).and_then(|el| {
-                let [cursor, keys] = el.as_slice() else {
-                    return None;
-                };
-                let c = elements_bulk(cursor)?;
-                Some((c, *keys))
+            let Some(r) = replies().next() else { return };
+            let parsed = array(r, &limits).filter(|&(k, _)| k == 2).and_then(|_| {
+                let mut el = codec::elements(r, &limits);
+                let cursor = elements_bulk(el.next()?.bytes)?;
+                Some((cursor, el.next()?.bytes))
             });
             let Some((node_cursor, keys)) = parsed else {
                 into.extend_from_slice(r);
@@ -764,5 +761,72 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    //! Merging node replies, including replies that do not hold what their header says.
+
+    use super::*;
+
+    fn reqs(replies: &[&[u8]]) -> Vec<Req> {
+        replies
+            .iter()
+            .map(|r| {
+                let mut q = Req::new(Bytes::new(), Target::Any);
+                q.reply = Some(Bytes::copy_from_slice(r));
+                q
+            })
+            .collect()
+    }
+
+    fn merged(out: Out, replies: &[&[u8]]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        merge(&out, &reqs(replies), &mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn arrays_are_concatenated_and_keys_put_back_in_the_clients_order() {
+        assert_eq!(
+            merged(
+                Out::Merge(Merge::Concat),
+                &[b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", b"*0\r\n", b"*1\r\n:1\r\n"]
+            ),
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n:1\r\n"
+        );
+        assert_eq!(
+            merged(
+                Out::Keys(vec![vec![0, 2], vec![1]], 3),
+                &[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$1\r\nb\r\n"]
+            ),
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n"
+        );
+        assert_eq!(
+            merged(Out::Merge(Merge::Sum), &[b":2\r\n", b":40\r\n"]),
+            b":42\r\n"
+        );
+        assert_eq!(
+            merged(Out::Merge(Merge::Sum), &[b":2\r\n", b"-ERR x\r\n"]),
+            b"-ERR x\r\n"
+        );
+    }
+
+    #[test]
+    fn an_array_that_does_not_hold_what_its_header_says_is_an_error_not_a_wrong_reply() {
+        for bad in [
+            &b"*3\r\n$1\r\na\r\n$1\r\nb\r\n"[..],
+            b"*1\r\n$1\r\na\r\n$1\r\nb\r\n",
+            b"*x\r\n",
+            b"+OK\r\n",
+        ] {
+            assert_eq!(
+                merged(Out::Merge(Merge::Concat), &[b"*0\r\n", bad]),
+                NOT_ARRAY,
+                "{bad:?}"
+            );
+            assert_eq!(merged(Out::Keys(vec![vec![0, 1]], 2), &[bad]), NOT_ARRAY);
+        }
     }
 }
