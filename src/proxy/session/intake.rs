@@ -15,11 +15,11 @@ use crate::metrics::{self, Outcome};
 use crate::policy::{Verdict, NS_NONE, NS_UNMATCHED};
 use crate::upstream::{handshake_commands, handshake_len};
 
-/// The answer to `SYNC`/`PSYNC`.
 /// Sent inside MULTI after a command the proxy refused: a command with the wrong number of
 /// arguments, which Redis refuses while queueing (no effect) and which flags the transaction.
 pub(super) const POISON: &[u8] = b"*1\r\n$3\r\nGET\r\n";
 
+/// The answer to `SYNC`/`PSYNC`.
 pub(super) const REPLICATION_REFUSED: &str = "ERR replication through respguard is not supported: \
     connect replicas and 'redis-cli --rdb' or '--replica' to Redis directly";
 
