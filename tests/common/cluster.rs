@@ -155,12 +155,13 @@ impl RedisCluster {
         panic!("no live node answered CLUSTER NODES");
     }
 
-    /// The running primaries, by port.
+    /// The running primaries that serve slots, by port. A node created as a replica is a
+    /// primary without slots until the cluster has made it a replica: not one of these.
     pub fn primaries(&self) -> Vec<NodeInfo> {
         let live = self.live_ports();
         self.topology()
             .into_iter()
-            .filter(|n| n.primary && !n.failed && live.contains(&n.port))
+            .filter(|n| n.primary && !n.failed && !n.slots.is_empty() && live.contains(&n.port))
             .collect()
     }
 

@@ -179,17 +179,10 @@ impl Session {
         traits: &Traits,
         cmd: Option<usize>,
     ) -> Option<bool> {
-        let slot = match need(argv, spec, traits) {
-            Need::Router => return None,
-            Need::Refuse(reply) => {
-                return Some(self.cluster_after_policy(argv, spec, cmd, |_| reply))
-            }
-            Need::Name(set) => {
-                return Some(self.cluster_after_policy(argv, spec, cmd, |s| {
-                    s.cluster_client_name(argv, spec, set)
-                }))
-            }
-            Need::Pin(slot) => slot,
+        let slot = match self.cluster_answer_here(need(argv, spec, traits), argv, spec, cmd) {
+            Err(done) => return Some(done),
+            Ok(Need::Pin(slot)) => slot,
+            Ok(_) => return None,
         };
         let node = match (self.shared.cluster(), slot) {
             (Some(c), Some(s)) => c.owner(s),
@@ -297,6 +290,23 @@ impl Session {
         }
     }
 
+    /// Answers here what `need` says respguard answers (a refusal, `CLIENT SETNAME`/`GETNAME`):
+    /// `Err(done)`; any other need is handed back.
+    fn cluster_answer_here(
+        &mut self,
+        need: Need,
+        argv: &Argv<'_>,
+        spec: Option<&'static CommandSpec>,
+        cmd: Option<usize>,
+    ) -> Result<Need, bool> {
+        match need {
+            Need::Refuse(reply) => Err(self.cluster_after_policy(argv, spec, cmd, |_| reply)),
+            Need::Name(set) => Err(self
+                .cluster_after_policy(argv, spec, cmd, |s| s.cluster_client_name(argv, spec, set))),
+            other => Ok(other),
+        }
+    }
+
     /// A command of a cluster client on a connection of its own. `Some(done)` when dealt with
     /// here (`false`: it waits); `None` to go on as usual.
     pub(super) fn cluster_pinned(
@@ -310,16 +320,8 @@ impl Session {
             return Some(false);
         }
         if !traits.shareable {
-            match need(argv, spec, traits) {
-                Need::Refuse(reply) => {
-                    return Some(self.cluster_after_policy(argv, spec, cmd, |_| reply))
-                }
-                Need::Name(set) => {
-                    return Some(self.cluster_after_policy(argv, spec, cmd, |s| {
-                        s.cluster_client_name(argv, spec, set)
-                    }))
-                }
-                Need::Pin(_) | Need::Router => {}
+            if let Err(done) = self.cluster_answer_here(need(argv, spec, traits), argv, spec, cmd) {
+                return Some(done);
             }
         }
         if traits.special == Special::Reset {
