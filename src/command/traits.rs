@@ -153,6 +153,26 @@ pub enum ClusterTip {
     ShardChannels,
 }
 
+/// What a pub/sub command does with the channels it names (from argument 1 on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    None,
+    /// `PUBLISH`, `SPUBLISH`: one channel, then the message.
+    Publish,
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`: every argument is a channel (or pattern).
+    Subscribe(ChannelKind),
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`: the ones named, or all of the kind.
+    Unsubscribe(ChannelKind),
+}
+
+/// What a subscription names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
 /// How the replies of a command sent to several cluster nodes become one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterMerge {
@@ -194,6 +214,7 @@ pub struct Traits {
     pub runs_code: bool,
     pub deny_hint: DenyHint,
     pub cluster: ClusterTip,
+    pub channels: Channels,
 }
 
 /// Unknown commands: nothing special, not blocking, never shared (what they do to the
@@ -211,6 +232,7 @@ pub const UNKNOWN: Traits = Traits {
     runs_code: false,
     deny_hint: DenyHint::Denied,
     cluster: ClusterTip::Default,
+    channels: Channels::None,
 };
 
 /// The traits of a row; [`UNKNOWN`] for a command without one.
@@ -264,7 +286,21 @@ impl Traits {
             ),
             deny_hint: deny_hint_of(spec),
             cluster: cluster_tip_of(spec),
+            channels: channels_of(spec),
         }
+    }
+}
+
+fn channels_of(spec: &CommandSpec) -> Channels {
+    match spec.name {
+        "PUBLISH" | "SPUBLISH" => Channels::Publish,
+        "SUBSCRIBE" => Channels::Subscribe(ChannelKind::Channel),
+        "PSUBSCRIBE" => Channels::Subscribe(ChannelKind::Pattern),
+        "SSUBSCRIBE" => Channels::Subscribe(ChannelKind::Shard),
+        "UNSUBSCRIBE" => Channels::Unsubscribe(ChannelKind::Channel),
+        "PUNSUBSCRIBE" => Channels::Unsubscribe(ChannelKind::Pattern),
+        "SUNSUBSCRIBE" => Channels::Unsubscribe(ChannelKind::Shard),
+        _ => Channels::None,
     }
 }
 
@@ -534,6 +570,26 @@ mod tests {
         assert_eq!(rows, CommandSpec::count());
         assert_eq!(*traits(None), UNKNOWN);
         assert_eq!(*by_index(CommandSpec::count()), UNKNOWN);
+    }
+
+    #[test]
+    fn pubsub_commands_say_what_they_do_with_their_channels() {
+        assert_eq!(of("PUBLISH").channels, Channels::Publish);
+        assert_eq!(of("spublish").channels, Channels::Publish);
+        assert_eq!(
+            of("PSUBSCRIBE").channels,
+            Channels::Subscribe(ChannelKind::Pattern)
+        );
+        assert_eq!(
+            of("SSUBSCRIBE").channels,
+            Channels::Subscribe(ChannelKind::Shard)
+        );
+        assert_eq!(
+            of("UNSUBSCRIBE").channels,
+            Channels::Unsubscribe(ChannelKind::Channel)
+        );
+        assert_eq!(of("PUBSUB|CHANNELS").channels, Channels::None);
+        assert_eq!(of("GET").channels, Channels::None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 
 use crate::codec::Argv;
+use crate::command::traits::{ChannelKind, Channels};
 use crate::command::{CommandSpec, KeyRef, CMD_NO_AUTH};
 
 use super::identity::{Clients, Denied, IdentityId, DEFAULT};
@@ -117,30 +118,7 @@ pub struct ClientAuth {
     /// Channels and patterns the client subscribed to: a reload that no longer allows one
     /// of them closes the connection, as Redis disconnects such a subscriber when its ACL
     /// user changes.
-    subscriptions: Vec<(Subscription, Box<[u8]>)>,
-}
-
-/// What a subscription names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Subscription {
-    Channel,
-    Pattern,
-    Shard,
-}
-
-impl Subscription {
-    /// The kind a (un)subscribing command acts on, and whether it subscribes.
-    fn of(spec: &CommandSpec) -> Option<(Subscription, bool)> {
-        Some(match spec.name {
-            "SUBSCRIBE" => (Subscription::Channel, true),
-            "UNSUBSCRIBE" => (Subscription::Channel, false),
-            "PSUBSCRIBE" => (Subscription::Pattern, true),
-            "PUNSUBSCRIBE" => (Subscription::Pattern, false),
-            "SSUBSCRIBE" => (Subscription::Shard, true),
-            "SUNSUBSCRIBE" => (Subscription::Shard, false),
-            _ => return None,
-        })
-    }
+    subscriptions: Vec<(ChannelKind, Box<[u8]>)>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -202,7 +180,7 @@ impl ClientAuth {
                 self.id = self.resolve(c);
                 if let Some(ident) = self.id.and_then(|i| c.get(i)) {
                     let allowed = self.subscriptions.iter().all(|(kind, name)| {
-                        ident.may_use_channel(*kind == Subscription::Pattern, name)
+                        ident.may_use_channel(*kind == ChannelKind::Pattern, name)
                     });
                     if !allowed {
                         return false;
@@ -235,8 +213,10 @@ impl ClientAuth {
             self.subscriptions.clear();
             return;
         }
-        let Some((kind, subscribe)) = Subscription::of(spec) else {
-            return;
+        let (kind, subscribe) = match spec.traits().channels {
+            Channels::Subscribe(kind) => (kind, true),
+            Channels::Unsubscribe(kind) => (kind, false),
+            Channels::Publish | Channels::None => return,
         };
         if subscribe {
             for ch in argv.iter().skip(1) {

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::codec::Argv;
+use crate::command::traits::{ChannelKind, Channels};
 use crate::command::{
     CommandSpec, KeyRef, ACL_CATEGORY_NAMES, KS_ACCESS, KS_DELETE, KS_INSERT, KS_OW, KS_RM, KS_RO,
     KS_RW, KS_UPDATE,
@@ -442,9 +443,13 @@ impl Identity {
             }
         }
         if let Some(globs) = &self.channels {
-            if let Some(first) = channel_args(spec, argv) {
-                let pattern = spec.name == "PSUBSCRIBE";
-                for ch in argv.iter().skip(first).step_by(channel_step(spec)) {
+            let (step, pattern) = match spec.traits().channels {
+                Channels::Publish => (usize::MAX, false),
+                Channels::Subscribe(kind) => (1, kind == ChannelKind::Pattern),
+                Channels::Unsubscribe(_) | Channels::None => (0, false),
+            };
+            if step > 0 {
+                for ch in argv.iter().skip(1).step_by(step) {
                     if !channel_allowed(globs, pattern, ch) {
                         return Err(Denied {
                             message: format!(
@@ -468,25 +473,6 @@ fn channel_allowed(globs: &[Box<[u8]>], pattern: bool, ch: &[u8]) -> bool {
         globs.iter().any(|g| g.as_ref() == ch || g.as_ref() == b"*")
     } else {
         globs.iter().any(|g| glob_match(g, ch))
-    }
-}
-
-/// Where the channels of a pub/sub command start, if it names any.
-fn channel_args(spec: &CommandSpec, argv: &Argv<'_>) -> Option<usize> {
-    match spec.name {
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "PUBLISH" | "SPUBLISH" if argv.len() > 1 => {
-            Some(1)
-        }
-        _ => None,
-    }
-}
-
-/// PUBLISH names one channel followed by the message; the subscribes name only channels.
-fn channel_step(spec: &CommandSpec) -> usize {
-    if spec.name.ends_with("PUBLISH") {
-        usize::MAX
-    } else {
-        1
     }
 }
 
