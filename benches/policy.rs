@@ -25,6 +25,17 @@ fn example_policy() -> std::sync::Arc<Policy> {
 /// A command laid out the way the codec scans it.
 type Cmd = respguard::codec::OwnedArgv;
 
+/// `MGET` of one key in each of four namespaces.
+fn mget_4() -> Cmd {
+    Cmd::new(&[
+        b"MGET",
+        b"user_profile:1",
+        b"session:2",
+        b"customer:cus_3",
+        b"analytics:dashboard:4",
+    ])
+}
+
 fn naming(c: &mut Criterion) {
     let policy = example_policy();
     let mut g = c.benchmark_group("naming");
@@ -46,16 +57,7 @@ fn check(c: &mut Criterion) {
     let mut g = c.benchmark_group("check");
     let cases: [(&str, Cmd); 6] = [
         ("get_unchanged", Cmd::new(&[b"GET", b"session:core:4f9c2a"])),
-        (
-            "mget_4_unchanged",
-            Cmd::new(&[
-                b"MGET",
-                b"user_profile:1",
-                b"session:2",
-                b"customer:cus_3",
-                b"analytics:dashboard:4",
-            ]),
-        ),
+        ("mget_4_unchanged", mget_4()),
         (
             "set_ex_in_bounds_unchanged",
             Cmd::new(&[b"SET", b"session:4f9c2a", b"v", b"EX", b"1200"]),
@@ -111,16 +113,7 @@ fn permission(c: &mut Criterion) {
     let cases: [(&str, Cmd); 4] = [
         ("get_allowed", Cmd::new(&[b"GET", b"session:4f9c2a"])),
         ("set_allowed", Cmd::new(&[b"SET", b"session:4f9c2a", b"v"])),
-        (
-            "mget_4_allowed",
-            Cmd::new(&[
-                b"MGET",
-                b"user_profile:1",
-                b"session:2",
-                b"customer:cus_3",
-                b"analytics:dashboard:4",
-            ]),
-        ),
+        ("mget_4_allowed", mget_4()),
         (
             "get_refused",
             Cmd::new(&[b"GET", b"rate_limit:login:4f9c2a"]),
